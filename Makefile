@@ -1,0 +1,32 @@
+# `make test` is what CI runs; it needs nothing but Python 3.11+ on the machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STANDIN_PORT ?= 8001
+
+.PHONY: test lint run standin clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+test: lint
+	$(BIN)/pytest
+
+# The stand-in and the service on the embedded PostgreSQL: try the API at http://localhost:8000.
+run: $(BIN)/.installed
+	$(BIN)/python -m jservice --port $(STANDIN_PORT) & standin=$$!; \
+	trap 'kill $$standin' EXIT INT TERM; \
+	JSERVICE_URL=$${JSERVICE_URL:-http://127.0.0.1:$(STANDIN_PORT)} $(BIN)/python server.py
+
+standin: $(BIN)/.installed
+	$(BIN)/python -m jservice --host 0.0.0.0 --port $(STANDIN_PORT)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,209 @@
+"""The base handler: JSON bodies in and out, problem+json errors, typed access to shared resources."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from typing import Any, ParamSpec, TypeVar
+
+from tornado import httputil
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from config import Settings
+from models import DatabaseUnavailable
+from peewee import PeeweeException
+from playhouse.pool import MaxConnectionsExceeded
+from quiz.upstream import JServiceClient
+from runtime import InFlight
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+log = logging.getLogger("api")
+
+MAX_JSON_BYTES = 64 * 1024
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class ApiError(HTTPError):
+    """An error answered as an RFC 9457 problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(status, reason=HTTPStatus(status).phrase)
+        self.detail = detail
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+
+def invalid(field: str, message: str) -> ApiError:
+    """A 422 problem about one field of the request."""
+    return ApiError(
+        422,
+        f"{field}: {message}",
+        extra={"errors": [{"field": field, "message": message}]},
+    )
+
+
+@stream_request_body
+class BaseHandler(RequestHandler):
+    """What every handler shares. Bodies stream in so that a size cap holds before they are read."""
+
+    max_body_bytes = MAX_JSON_BYTES
+
+    def initialize(self) -> None:
+        self._body = bytearray()
+        self._counted = False
+
+    @property
+    def config(self) -> Settings:
+        """The service settings."""
+        settings: Settings = self.application.settings["config"]
+        return settings
+
+    @property
+    def db_executor(self) -> ThreadPoolExecutor:
+        """The threads that talk to the database; no more of them than pooled connections."""
+        executor: ThreadPoolExecutor = self.application.settings["db_executor"]
+        return executor
+
+    @property
+    def jservice(self) -> JServiceClient:
+        """The quiz upstream client."""
+        client: JServiceClient = self.application.settings["jservice"]
+        return client
+
+    @property
+    def in_flight(self) -> InFlight:
+        """Counts requests being served, so a shutdown can wait for them."""
+        tracker: InFlight = self.application.settings["in_flight"]
+        return tracker
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+
+    def prepare(self) -> None:
+        self.in_flight.enter()
+        self._counted = True
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise self.body_too_large()
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        if len(self._body) + len(chunk) > self.max_body_bytes:
+            self.send_error(413, exc_info=(ApiError, self.body_too_large(), None))
+            return
+        self._body.extend(chunk)
+
+    def body_too_large(self) -> ApiError:
+        """The 413 problem for a body over this handler's cap."""
+        return ApiError(413, f"the request body is larger than {self.max_body_bytes} bytes")
+
+    def on_finish(self) -> None:
+        self._leave()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._leave()
+
+    def compute_etag(self) -> None:
+        return None
+
+    def _leave(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.in_flight.leave()
+
+    def json_object(self) -> dict[str, Any]:
+        """The request body as a JSON object; 400 when it is not one."""
+        try:
+            body = json.loads(self._body)
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(400, "the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        return body
+
+    def query_int(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        """An integer query parameter within bounds; 422 otherwise."""
+        values = self.request.query_arguments.get(name)
+        if not values:
+            return default
+        raw = values[-1].decode("utf-8", "replace").strip()
+        if not raw.lstrip("-").isdigit() or not minimum <= int(raw) <= maximum:
+            raise invalid(name, f"must be an integer from {minimum} to {maximum}")
+        return int(raw)
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        """Finish with a JSON body."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(payload, ensure_ascii=False).encode())
+
+    async def run_db(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run a database function on the DB executor; 503 when the database cannot answer."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.db_executor, lambda: work(*args, **kwargs))
+        except (*DatabaseUnavailable, MaxConnectionsExceeded) as error:
+            log.warning("database unavailable: %s", str(error).strip().splitlines()[0] if str(error) else error)
+            raise ApiError(503, "the database is unavailable, try again shortly", headers={"Retry-After": "5"}) from None
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        problem: dict[str, Any] = {
+            "type": "about:blank",
+            "title": httputil.responses.get(status_code, "Unknown"),
+            "status": status_code,
+            "detail": self._problem_detail(status_code, error),
+        }
+        self.clear_header("Cache-Control")
+        self.set_header("Cache-Control", "no-store")
+        if isinstance(error, ApiError):
+            problem.update(error.extra)
+            for name, value in error.headers.items():
+                self.set_header(name, value)
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+        self.set_header("Content-Type", PROBLEM_CONTENT_TYPE)
+        self.finish(json.dumps(problem, ensure_ascii=False).encode())
+
+    def _problem_detail(self, status_code: int, error: BaseException | None) -> str:
+        if isinstance(error, ApiError):
+            return error.detail
+        if status_code == 405:
+            return f"{self.request.method} is not allowed here; use {', '.join(self.allowed_methods())}"
+        if isinstance(error, HTTPError) and error.log_message and status_code < 500:
+            return error.log_message % error.args if error.args else error.log_message
+        if isinstance(error, PeeweeException):
+            return "the database failed to answer this request"
+        return HTTPStatus(status_code).description if status_code in HTTPStatus._value2member_map_ else ""
+
+    def allowed_methods(self) -> list[str]:
+        """The HTTP methods this handler implements, for Allow headers."""
+        return [
+            method
+            for method in self.SUPPORTED_METHODS
+            if getattr(type(self), method.lower()) is not getattr(RequestHandler, method.lower())
+        ]
+
+
+class NotFoundHandler(BaseHandler):
+    """Answers every path no route matches with a 404 problem."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise ApiError(404, f"there is nothing at {self.request.path}")

@@ -1,0 +1,12 @@
+"""GET /health: whether the service can reach its database."""
+
+from handlers.base import BaseHandler
+from models import ping
+
+
+class HealthHandler(BaseHandler):
+    """200 {"status": "ok"} when the database answers; a 503 problem when it does not."""
+
+    async def get(self) -> None:
+        await self.run_db(ping)
+        self.write_json({"status": "ok"})

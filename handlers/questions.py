@@ -1,0 +1,51 @@
+"""POST /questions stores new quiz questions; GET /questions pages through them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.base import ApiError, BaseHandler, invalid
+from quiz.repository import list_questions
+from quiz.service import Budget, QuestionsShortfall, store_new_questions
+
+SHORTFALL_STATUS = {"bad_gateway": 502, "timeout": 504, "no_new_questions": 503}
+MAX_PAGE = 1000
+
+
+def parse_questions_num(body: dict[str, Any], maximum: int) -> int:
+    """The validated `questions_num` of a POST /questions body."""
+    unknown = sorted(set(body) - {"questions_num"})
+    if unknown:
+        raise invalid(unknown[0], "unknown field; the only field is questions_num")
+    if "questions_num" not in body:
+        raise invalid("questions_num", "is required")
+    value = body["questions_num"]
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+        raise invalid("questions_num", f"must be an integer from 0 to {maximum}")
+    return value
+
+
+class QuestionsHandler(BaseHandler):
+    """The quiz questions collection."""
+
+    async def post(self) -> None:
+        count = parse_questions_num(self.json_object(), self.config.max_questions_num)
+        budget = Budget(
+            max_calls=self.config.jservice_max_calls,
+            seconds=self.config.jservice_budget_seconds,
+            call_timeout=self.config.jservice_timeout,
+        )
+        try:
+            previous = await store_new_questions(count, self.jservice, self.run_db, budget)
+        except QuestionsShortfall as shortfall:
+            raise ApiError(
+                SHORTFALL_STATUS[shortfall.reason],
+                f"stored {shortfall.saved} of {shortfall.requested} new questions: {shortfall.detail}",
+                extra={"saved": shortfall.saved, "requested": shortfall.requested},
+            ) from None
+        self.write_json(previous or {})
+
+    async def get(self) -> None:
+        limit = self.query_int("limit", default=50, minimum=1, maximum=MAX_PAGE)
+        offset = self.query_int("offset", default=0, minimum=0, maximum=2**62)
+        self.write_json(await self.run_db(list_questions, limit, offset))

@@ -1,0 +1,102 @@
+"""Peewee models, the pooled database behind them, and how work reaches it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import peewee
+from playhouse.pool import PooledPostgresqlDatabase
+from playhouse.postgres_ext import DateTimeTZField
+from psycopg2.extensions import parse_dsn
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+database = peewee.DatabaseProxy()
+
+# How long a worker waits for a free pooled connection before the request fails with 503.
+POOL_WAIT_SECONDS = 10
+# A connection unused this long is closed rather than reused, so restarts and idle cuts heal.
+POOL_STALE_SECONDS = 300
+
+DatabaseUnavailable = (peewee.OperationalError, peewee.InterfaceError)
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Question(BaseModel):
+    """A quiz question copied from the jService upstream; `jservice_id` is the upstream id."""
+
+    id = peewee.BigAutoField()
+    jservice_id = peewee.BigIntegerField(unique=True)
+    question = peewee.TextField()
+    answer = peewee.TextField()
+    created_at = DateTimeTZField(null=True)
+    airdate = DateTimeTZField(null=True)
+    value = peewee.IntegerField(null=True)
+    category = peewee.TextField(null=True)
+    saved_at = DateTimeTZField(constraints=[peewee.SQL("DEFAULT now()")])
+
+
+MODELS: list[type[BaseModel]] = [Question]
+
+
+def open_database(url: str, pool_size: int) -> PooledPostgresqlDatabase:
+    """Build a connection pool for a postgresql:// URL (nothing is connected yet)."""
+    params = parse_dsn(url)
+    name = params.pop("dbname", "postgres")
+    params.setdefault("connect_timeout", "5")
+    return PooledPostgresqlDatabase(
+        name,
+        max_connections=pool_size,
+        stale_timeout=POOL_STALE_SECONDS,
+        timeout=POOL_WAIT_SECONDS,
+        **params,
+    )
+
+
+def bind_database(db: peewee.Database) -> None:
+    """Point every model at `db`."""
+    database.initialize(db)
+
+
+def create_tables(wait_seconds: float) -> None:
+    """Create missing tables, retrying while the database is still starting (blocking)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            with database.connection_context():
+                database.create_tables(MODELS, safe=True)
+            return
+        except DatabaseUnavailable as error:
+            if time.monotonic() >= deadline:
+                raise
+            log.info("database not ready (%s), retrying", str(error).strip().splitlines()[0])
+            time.sleep(0.5)
+
+
+def in_transaction(work: Callable[P, R]) -> Callable[P, R]:
+    """Run `work` on a pooled connection inside one transaction; meant for executor threads."""
+
+    @functools.wraps(work)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with database.connection_context(), database.atomic():
+            return work(*args, **kwargs)
+
+    return wrapper
+
+
+@in_transaction
+def ping() -> None:
+    """Ask the database a trivial question; raises if it cannot answer."""
+    database.execute_sql("SELECT 1")

@@ -1,0 +1,1 @@
+"""Quiz questions: fetched from a jService-compatible upstream and stored without duplicates."""

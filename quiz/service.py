@@ -1,0 +1,96 @@
+"""Storing N new questions: the upstream loop with its retries and its budget."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from quiz.repository import QuestionDict, insert_new_questions, latest_question
+from quiz.upstream import MAX_BATCH, Clue, JServiceClient, UpstreamError
+
+RunDb = Callable[..., Awaitable[Any]]
+Shortfall = Literal["timeout", "bad_gateway", "no_new_questions"]
+
+BACKOFF_BASE_SECONDS = 0.05
+BACKOFF_CAP_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one request may spend on the upstream."""
+
+    max_calls: int
+    seconds: float
+    call_timeout: float
+
+
+class QuestionsShortfall(Exception):
+    """The budget ran out before N new questions were stored; what was stored stays."""
+
+    def __init__(self, reason: Shortfall, detail: str, saved: int, requested: int):
+        super().__init__(detail)
+        self.reason: Shortfall = reason
+        self.detail = detail
+        self.saved = saved
+        self.requested = requested
+
+
+def unique_clues(clues: Iterable[Clue]) -> list[Clue]:
+    """Drop clues whose upstream id already appeared earlier in the same batch."""
+    seen: set[int] = set()
+    unique = []
+    for clue in clues:
+        if clue.jservice_id not in seen:
+            seen.add(clue.jservice_id)
+            unique.append(clue)
+    return unique
+
+
+def backoff_delay(failures: int) -> float:
+    """Full-jitter exponential backoff for the n-th consecutive failure."""
+    return random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**failures))
+
+
+async def store_new_questions(
+    count: int, client: JServiceClient, run_db: RunDb, budget: Budget
+) -> QuestionDict | None:
+    """Store `count` questions new to the database and return the question that was the latest
+    before this request stored any, or None. Raises QuestionsShortfall when the budget runs out."""
+    if count == 0:
+        return await run_db(latest_question)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget.seconds
+    saved = calls = failures = 0
+    previous: QuestionDict | None = None
+    last_problem: Shortfall = "no_new_questions"
+    last_detail = "the upstream returned only questions that are already stored"
+    while saved < count:
+        remaining = deadline - loop.time()
+        if calls >= budget.max_calls or remaining <= 0:
+            raise QuestionsShortfall(last_problem, last_detail, saved, count)
+        calls += 1
+        try:
+            clues = await client.fetch_random(min(count - saved, MAX_BATCH), min(budget.call_timeout, remaining))
+        except UpstreamError as error:
+            last_problem, last_detail = error.kind, str(error)
+            if not error.transient:
+                raise QuestionsShortfall(last_problem, last_detail, saved, count) from None
+            delay = error.retry_after if error.retry_after is not None else backoff_delay(failures)
+            failures += 1
+            if loop.time() + delay >= deadline:
+                raise QuestionsShortfall(last_problem, last_detail, saved, count) from None
+            await asyncio.sleep(delay)
+            continue
+        failures = 0
+        batch = unique_clues(clues)[: count - saved]
+        stored, before = await run_db(insert_new_questions, batch, saved == 0)
+        if saved == 0:
+            previous = before
+        saved += stored
+        if stored == 0:
+            last_problem = "no_new_questions"
+            last_detail = "the upstream returned only questions that are already stored"
+    return previous

@@ -1,0 +1,140 @@
+"""The client for a jService-compatible API (`GET /api/random?count=k`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.simple_httpclient import HTTPTimeoutError
+
+MAX_BATCH = 100
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+FailureKind = Literal["timeout", "bad_gateway"]
+
+
+@dataclass(frozen=True)
+class Clue:
+    """One upstream question, reduced to what we store."""
+
+    jservice_id: int
+    question: str
+    answer: str
+    created_at: datetime | None
+    airdate: datetime | None
+    value: int | None
+    category: str | None
+
+
+class UpstreamError(Exception):
+    """The upstream did not give a usable answer to one call."""
+
+    def __init__(self, kind: FailureKind, message: str, *, transient: bool, retry_after: float | None = None):
+        super().__init__(message)
+        self.kind: FailureKind = kind
+        self.transient = transient
+        self.retry_after = retry_after
+
+
+class JServiceClient:
+    """Fetches random clues over one shared AsyncHTTPClient."""
+
+    def __init__(self, http: AsyncHTTPClient, base_url: str):
+        self._http = http
+        self._base_url = base_url.rstrip("/")
+
+    async def fetch_random(self, count: int, timeout: float) -> list[Clue]:
+        """Ask for `count` random clues; raises UpstreamError when the answer is unusable."""
+        request = HTTPRequest(
+            f"{self._base_url}/api/random?count={min(count, MAX_BATCH)}",
+            headers={"Accept": "application/json"},
+            connect_timeout=timeout,
+            request_timeout=timeout,
+            follow_redirects=True,
+            max_redirects=3,
+        )
+        try:
+            response = await self._http.fetch(request)
+        except HTTPClientError as error:
+            raise _http_failure(error) from None
+        except OSError as error:
+            raise UpstreamError("bad_gateway", f"cannot reach the upstream: {error}", transient=True) from None
+        try:
+            payload = json.loads(response.body)
+        except ValueError:
+            raise UpstreamError("bad_gateway", "the upstream answered with something that is not JSON", transient=False) from None
+        if not isinstance(payload, list):
+            raise UpstreamError("bad_gateway", "the upstream answered with JSON that is not a list", transient=False)
+        return [clue for clue in map(parse_clue, payload[:count]) if clue is not None]
+
+
+def _http_failure(error: HTTPClientError) -> UpstreamError:
+    if isinstance(error, HTTPTimeoutError):
+        return UpstreamError("timeout", f"the upstream did not answer in time: {error.message}", transient=True)
+    if error.code == 599:
+        return UpstreamError("bad_gateway", f"upstream call failed: {error.message}", transient=True)
+    retry_after = None
+    if error.code == 429 and error.response is not None:
+        retry_after = parse_retry_after(error.response.headers.get("Retry-After"))
+    return UpstreamError(
+        "bad_gateway",
+        f"the upstream answered HTTP {error.code}",
+        transient=error.code in TRANSIENT_STATUSES,
+        retry_after=retry_after,
+    )
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def parse_clue(item: Any) -> Clue | None:
+    """Turn one element of the upstream's list into a Clue, or None when it is unusable."""
+    if not isinstance(item, dict):
+        return None
+    jservice_id, question, answer = item.get("id"), item.get("question"), item.get("answer")
+    if not _is_int(jservice_id) or not isinstance(question, str) or not isinstance(answer, str):
+        return None
+    if not question.strip() or not answer.strip() or not 0 < jservice_id < 2**63:
+        return None
+    category = item.get("category")
+    title = category.get("title") if isinstance(category, dict) else None
+    value = item.get("value")
+    return Clue(
+        jservice_id=jservice_id,
+        question=question.strip(),
+        answer=answer.strip(),
+        created_at=_parse_time(item.get("created_at")),
+        airdate=_parse_time(item.get("airdate")),
+        value=value if _is_int(value) and -(2**31) <= value < 2**31 else None,
+        category=title.strip() if isinstance(title, str) and title.strip() else None,
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

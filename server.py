@@ -1,0 +1,108 @@
+"""The quiz and audio service: `make_app` builds the Tornado application, `main` runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.web import Application
+
+from config import ConfigError, Settings, load_settings
+from embedded_db import start_embedded_postgres
+from handlers import ROUTES
+from handlers.base import MAX_JSON_BYTES, NotFoundHandler
+from models import bind_database, create_tables, database, open_database
+from quiz.upstream import JServiceClient
+from runtime import InFlight, log_request
+
+log = logging.getLogger("server")
+
+UPSTREAM_MAX_CLIENTS = 100
+UPSTREAM_MAX_BODY_BYTES = 8 * 1024 * 1024
+IDLE_CONNECTION_SECONDS = 60
+BODY_TIMEOUT_SECONDS = 60
+LISTEN_BACKLOG = 1024
+
+
+def make_app(settings: Settings) -> Application:
+    """Build the application and the shared resources its handlers use."""
+    if settings.database_url is None:
+        raise ValueError("make_app needs settings.database_url")
+    bind_database(open_database(settings.database_url, settings.db_pool_size))
+    http_client = AsyncHTTPClient(
+        force_instance=True, max_clients=UPSTREAM_MAX_CLIENTS, max_body_size=UPSTREAM_MAX_BODY_BYTES
+    )
+    return Application(
+        ROUTES,
+        default_handler_class=NotFoundHandler,
+        log_function=log_request,
+        config=settings,
+        db_executor=ThreadPoolExecutor(settings.db_pool_size, thread_name_prefix="db"),
+        http_client=http_client,
+        jservice=JServiceClient(http_client, settings.jservice_url),
+        in_flight=InFlight(),
+    )
+
+
+def make_server(app: Application) -> HTTPServer:
+    """An HTTP server for `app` with the service's connection limits."""
+    return HTTPServer(
+        app,
+        # Above every handler's own cap, so handlers answer 413 themselves before Tornado cuts in.
+        max_body_size=MAX_JSON_BYTES * 16,
+        idle_connection_timeout=IDLE_CONNECTION_SECONDS,
+        body_timeout=BODY_TIMEOUT_SECONDS,
+    )
+
+
+def close_app(app: Application) -> None:
+    """Release what `make_app` built."""
+    app.settings["http_client"].close()
+    app.settings["db_executor"].shutdown(wait=True)
+    database.close_all()
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then let in-flight requests finish within the grace period."""
+    app = make_app(settings)
+    await asyncio.get_running_loop().run_in_executor(None, create_tables, settings.db_wait_seconds)
+    server = make_server(app)
+    server.listen(settings.port, settings.host, backlog=LISTEN_BACKLOG)
+    log.info("listening on http://%s:%d", settings.host, settings.port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("stopping: no new connections, waiting up to %gs for requests", settings.shutdown_grace_seconds)
+    server.stop()
+    if not await app.settings["in_flight"].drained(settings.shutdown_grace_seconds):
+        log.warning("grace period over with %d requests in flight", app.settings["in_flight"].count)
+    await server.close_all_connections()
+    close_app(app)
+    log.info("stopped")
+
+
+def main() -> None:
+    """Read the configuration, start the database if embedded, and serve."""
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        sys.exit(f"configuration error: {error}")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.database_url is None:
+        settings = replace(settings, database_url=start_embedded_postgres(settings.embedded_db_dir))
+    try:
+        asyncio.run(serve(settings))
+    except Exception as error:  # a start-up failure: one line, not a traceback
+        sys.exit(f"cannot start: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}")
+
+
+if __name__ == "__main__":
+    main()

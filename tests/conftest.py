@@ -1,0 +1,108 @@
+"""Fixtures: a real PostgreSQL, the jService stand-in on loopback, and the app on a real port."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import tornado.httpserver
+import tornado.testing
+from tornado.web import Application
+
+from config import Settings
+from embedded_db import start_embedded_postgres
+from jservice.standin import Behaviour, make_standin_app
+from models import MODELS, bind_database, create_tables, database, open_database
+from server import close_app, make_app, make_server
+from tests.support import sql
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh database for this test session on TEST_DATABASE_URL's server, else an embedded one."""
+    server_url = os.environ.get("TEST_DATABASE_URL") or start_embedded_postgres(
+        tmp_path_factory.mktemp("pg") / "pgdata"
+    )
+    name = f"quiz_test_{uuid.uuid4().hex[:12]}"
+    sql(server_url, f"CREATE DATABASE {name}")
+    url = _with_database(server_url, name)
+    bind_database(open_database(url, 2))
+    create_tables(wait_seconds=10)
+    database.close_all()
+    yield url
+    sql(server_url, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def _with_database(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture
+def db(database_url: str) -> str:
+    """The test database, emptied before the test."""
+    tables = ", ".join(model._meta.table_name for model in MODELS)
+    sql(database_url, f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    return database_url
+
+
+@dataclass
+class StandIn:
+    """The running stand-in: its URL and the switches it obeys."""
+
+    url: str
+    behaviour: Behaviour
+    server: tornado.httpserver.HTTPServer
+
+
+@pytest.fixture
+def standin(io_loop: object) -> Iterator[StandIn]:
+    behaviour = Behaviour()
+    sock, port = tornado.testing.bind_unused_port()
+    server = tornado.httpserver.HTTPServer(make_standin_app(behaviour))
+    server.add_sockets([sock])
+    yield StandIn(f"http://127.0.0.1:{port}", behaviour, server)
+    server.stop()
+
+
+@pytest.fixture
+def settings(request: pytest.FixtureRequest, db: str, standin: StandIn, tmp_path: Path) -> Settings:
+    """Test settings; a test changes some with `@pytest.mark.settings(name=value, ...)`."""
+    marker = request.node.get_closest_marker("settings")
+    base = Settings(
+        database_url=db,
+        data_dir=tmp_path,
+        jservice_url=standin.url,
+        jservice_timeout=2.0,
+        jservice_max_calls=8,
+        jservice_budget_seconds=5.0,
+        db_pool_size=4,
+    )
+    return replace(base, **marker.kwargs) if marker else base
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Application]:
+    application = make_app(settings)
+    yield application
+    close_app(application)
+
+
+@pytest.fixture
+def http_server(request: pytest.FixtureRequest, io_loop: object, _unused_port: tuple[object, int]) -> Iterator[object]:
+    """The app behind the same HTTPServer options `main()` uses (replaces pytest-tornado's)."""
+    server = make_server(request.getfixturevalue("app"))
+    server.add_sockets([_unused_port[0]])
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def base_url(http_server: object, http_port: int) -> str:
+    return f"http://127.0.0.1:{http_port}"

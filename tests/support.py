@@ -1,0 +1,123 @@
+"""Helpers the tests share: HTTP calls, the database, processes and polling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Reply:
+    """An HTTP response with its JSON body decoded (None when it has none)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "")
+
+
+def reply_of(response: HTTPResponse) -> Reply:
+    return Reply(response.code, response.headers, response.body or b"")
+
+
+async def call(
+    base_url: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> Reply:
+    """One request with a fresh client; `body` is sent as JSON, `raw` as is."""
+    if raw is None and body is not None:
+        raw = json.dumps(body).encode()
+    if raw is None and method in ("POST", "PUT", "PATCH"):
+        raw = b""
+    request = HTTPRequest(
+        base_url + path,
+        method=method,
+        body=raw,
+        headers=headers,
+        request_timeout=timeout,
+        allow_nonstandard_methods=True,
+    )
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        return reply_of(await client.fetch(request, raise_error=False))
+    finally:
+        client.close()
+
+
+def assert_problem(reply: Reply, status: int) -> dict[str, Any]:
+    """The reply is an RFC 9457 problem document with this status; return it."""
+    assert reply.status == status, (reply.status, reply.body)
+    assert reply.content_type == "application/problem+json"
+    problem: dict[str, Any] = reply.json
+    assert {"type", "title", "status", "detail"} <= problem.keys()
+    assert problem["status"] == status
+    assert problem["detail"]
+    return problem
+
+
+def sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement on its own autocommit connection; rows if it returns any."""
+    connection = psycopg2.connect(url)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        connection.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def poll(check: Callable[[], Any], deadline: float = 10.0, interval: float = 0.02) -> Any:
+    """Await until `check()` (sync or async) is truthy and return it; fail after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {deadline}s")
+        await asyncio.sleep(interval)
+
+
+def start_server_process(env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`python server.py` as the image runs it, with exactly `env` (plus PATH) as its environment."""
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "server.py"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )

@@ -1,0 +1,240 @@
+"""POST/GET /questions against a real PostgreSQL and the stand-in over loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.support import assert_problem, call, sql
+
+
+async def post_questions(base_url: str, count: int):
+    return await call(base_url, "POST", "/questions", {"questions_num": count})
+
+
+def stored_ids(db: str) -> list[int]:
+    return [row[0] for row in sql(db, "SELECT jservice_id FROM question ORDER BY id")]
+
+
+QUESTION_KEYS = {"id", "question", "answer", "created_at", "airdate", "value", "category", "saved_at"}
+
+
+@pytest.mark.gen_test
+async def test_empty_database_answers_empty_object(base_url, db):
+    reply = await post_questions(base_url, 3)
+    assert reply.status == 200
+    assert reply.content_type.startswith("application/json")
+    assert reply.json == {}
+    assert len(set(stored_ids(db))) == 3
+
+
+@pytest.mark.gen_test
+async def test_answer_is_the_question_saved_before_the_request(base_url, db):
+    await post_questions(base_url, 2)
+    latest = (await call(base_url, "GET", "/questions?limit=1")).json["items"][0]
+    reply = await post_questions(base_url, 4)
+    assert reply.status == 200
+    assert reply.json == latest
+    assert reply.json["id"] == stored_ids(db)[1]
+    assert set(reply.json) == QUESTION_KEYS
+    again = await post_questions(base_url, 1)
+    assert again.json["id"] == stored_ids(db)[5]
+    assert len(set(stored_ids(db))) == 7
+
+
+@pytest.mark.gen_test
+async def test_question_fields_follow_upstream(base_url, db, standin):
+    await post_questions(base_url, 1)
+    stored = (await post_questions(base_url, 0)).json
+    assert isinstance(stored["id"], int) and stored["question"] and stored["answer"]
+    assert stored["created_at"].endswith("Z") and stored["saved_at"].endswith("Z")
+    assert stored["category"]
+    assert standin.behaviour.requested_counts == [1]
+
+
+@pytest.mark.gen_test
+async def test_zero_stores_nothing_and_returns_latest(base_url, db, standin):
+    assert (await post_questions(base_url, 0)).json == {}
+    await post_questions(base_url, 2)
+    reply = await post_questions(base_url, 0)
+    assert reply.json["id"] == stored_ids(db)[-1]
+    assert len(stored_ids(db)) == 2
+    assert standin.behaviour.requested_counts == [2]
+
+
+@pytest.mark.gen_test
+async def test_duplicates_inside_a_batch_are_asked_for_again(base_url, db, standin):
+    standin.behaviour.repeat_in_batch = True
+    reply = await post_questions(base_url, 4)
+    assert reply.status == 200
+    ids = stored_ids(db)
+    assert len(ids) == len(set(ids)) == 4
+    # Each call asks only for what is still missing, never one call per question.
+    assert standin.behaviour.requested_counts == [4, 2, 1]
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(jservice_max_calls=200)
+async def test_duplicates_across_requests_are_replaced(base_url, db, standin):
+    standin.behaviour.pool_size = 6
+    await post_questions(base_url, 4)
+    reply = await post_questions(base_url, 2)
+    assert reply.status == 200
+    assert sorted(stored_ids(db)) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.gen_test
+async def test_clues_with_empty_text_do_not_count(base_url, db, standin):
+    standin.behaviour.pool_size = 10
+    standin.behaviour.blank_ids = frozenset(range(1, 6))
+    reply = await post_questions(base_url, 5)
+    assert reply.status == 200
+    assert sorted(stored_ids(db)) == [6, 7, 8, 9, 10]
+
+
+@pytest.mark.gen_test
+async def test_concurrent_requests_store_no_duplicate(base_url, db):
+    replies = await asyncio.gather(*(post_questions(base_url, 5) for _ in range(30)))
+    assert [reply.status for reply in replies] == [200] * 30
+    ids = stored_ids(db)
+    assert len(ids) == len(set(ids)) == 150
+
+
+@pytest.mark.gen_test
+async def test_transient_failures_are_retried(base_url, db, standin):
+    standin.behaviour.fail_times = 2
+    standin.behaviour.fail_status = 503
+    reply = await post_questions(base_url, 3)
+    assert reply.status == 200
+    assert len(stored_ids(db)) == 3
+    assert len(standin.behaviour.requested_counts) == 3
+
+
+@pytest.mark.gen_test
+async def test_rate_limit_honours_retry_after(base_url, db, standin):
+    standin.behaviour.fail_times = 1
+    standin.behaviour.fail_status = 429
+    standin.behaviour.retry_after = "0"
+    reply = await post_questions(base_url, 2)
+    assert reply.status == 200
+    assert len(stored_ids(db)) == 2
+
+
+@pytest.mark.gen_test
+async def test_retry_after_beyond_the_budget_gives_up_at_once(base_url, db, standin):
+    standin.behaviour.fail_times = 1
+    standin.behaviour.fail_status = 429
+    standin.behaviour.retry_after = "3600"
+    problem = assert_problem(await post_questions(base_url, 2), 502)
+    assert problem["saved"] == 0 and problem["requested"] == 2
+    assert len(standin.behaviour.requested_counts) == 1
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(jservice_max_calls=4)
+async def test_upstream_always_failing_is_502_within_the_call_budget(base_url, db, standin, settings):
+    standin.behaviour.fail_times = 10**6
+    standin.behaviour.fail_status = 500
+    problem = assert_problem(await post_questions(base_url, 3), 502)
+    assert (problem["saved"], problem["requested"]) == (0, 3)
+    assert len(standin.behaviour.requested_counts) <= settings.jservice_max_calls
+    assert stored_ids(db) == []
+
+
+@pytest.mark.gen_test
+async def test_upstream_answering_html_is_502(base_url, db, standin):
+    standin.behaviour.html = True
+    problem = assert_problem(await post_questions(base_url, 3), 502)
+    assert "not JSON" in problem["detail"]
+    assert len(standin.behaviour.requested_counts) == 1
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(jservice_max_calls=4)
+async def test_upstream_unreachable_is_502(base_url, db, standin):
+    standin.server.stop()
+    problem = assert_problem(await post_questions(base_url, 2), 502)
+    assert "cannot reach" in problem["detail"]
+    assert stored_ids(db) == []
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(jservice_timeout=0.3, jservice_budget_seconds=1.0)
+async def test_upstream_hanging_is_504_within_the_time_budget(base_url, db, standin, settings):
+    standin.behaviour.hang = True
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    problem = assert_problem(await post_questions(base_url, 2), 504)
+    assert (problem["saved"], problem["requested"]) == (0, 2)
+    # The bound is the contract (a budget, never a hang), not a speed measurement.
+    assert loop.time() - started < settings.jservice_budget_seconds + 2
+
+
+@pytest.mark.gen_test
+async def test_only_known_questions_upstream_is_503_and_keeps_what_was_stored(base_url, db, standin):
+    standin.behaviour.pool_size = 3
+    problem = assert_problem(await post_questions(base_url, 5), 503)
+    assert (problem["saved"], problem["requested"]) == (3, 5)
+    assert sorted(stored_ids(db)) == [1, 2, 3]
+    problem = assert_problem(await post_questions(base_url, 1), 503)
+    assert problem["saved"] == 0
+    assert sorted(stored_ids(db)) == [1, 2, 3]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"questions_num": "3"},
+        {"questions_num": 3.0},
+        {"questions_num": 2.5},
+        {"questions_num": True},
+        {"questions_num": None},
+        {"questions_num": [3]},
+        {"questions_num": {"n": 3}},
+        {"questions_num": -1},
+        {"questions_num": 101},
+        {"questions_num": 10**30},
+        {},
+        {"questions_num": 1, "extra": 1},
+        {"data": {"questions_num": 1}},
+    ],
+)
+async def test_invalid_questions_num_is_422_naming_the_field(base_url, db, standin, body):
+    problem = assert_problem(await call(base_url, "POST", "/questions", body), 422)
+    assert problem["errors"][0]["field"] in {"questions_num", "extra", "data"}
+    assert problem["errors"][0]["field"] in problem["detail"]
+    assert stored_ids(db) == []
+    assert standin.behaviour.requested_counts == []
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("raw", [b"", b"not json", b"[1, 2]", b'"questions_num"', b"3", b"\xff\xfe", b"{"])
+async def test_body_that_is_not_a_json_object_is_400(base_url, db, raw):
+    assert_problem(await call(base_url, "POST", "/questions", raw=raw), 400)
+    assert stored_ids(db) == []
+
+
+@pytest.mark.gen_test
+async def test_oversized_json_body_is_413(base_url, db):
+    raw = b'{"questions_num": 1, "pad": "' + b"x" * 70_000 + b'"}'
+    assert_problem(await call(base_url, "POST", "/questions", raw=raw), 413)
+    assert stored_ids(db) == []
+
+
+@pytest.mark.gen_test
+async def test_listing_is_newest_first_with_total(base_url, db):
+    await post_questions(base_url, 5)
+    ids = stored_ids(db)
+    page = (await call(base_url, "GET", "/questions?limit=2&offset=1")).json
+    assert page["total"] == 5
+    assert [item["id"] for item in page["items"]] == [ids[3], ids[2]]
+    everything = (await call(base_url, "GET", "/questions")).json
+    assert [item["id"] for item in everything["items"]] == ids[::-1]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=abc", "offset=-1", "offset=1.5"])
+async def test_bad_paging_is_422(base_url, db, query):
+    assert_problem(await call(base_url, "GET", f"/questions?{query}"), 422)
