@@ -11,10 +11,10 @@ log = logging.getLogger(__name__)
 def start_embedded_postgres(directory: Path) -> str:
     """Start (or reuse) a PostgreSQL cluster in `directory` and return its connection URL.
     The server stops when the last process using it exits."""
-    import pgserver  # imported here: the Docker image does not ship it
+    from pgserver import postgres_server  # imported here: the Docker image does not ship it
 
     directory.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(directory.resolve(), cleanup_mode="stop")
+    server = postgres_server.get_server(directory.resolve(), cleanup_mode="stop")
     log.info("embedded PostgreSQL running in %s", directory)
     url: str = server.get_uri()
     return url

@@ -29,6 +29,8 @@ DatabaseUnavailable = (peewee.OperationalError, peewee.InterfaceError)
 
 
 class BaseModel(peewee.Model):
+    """Models live in the proxied database, in snake_case tables."""
+
     class Meta:
         database = database
         legacy_table_names = False
@@ -56,7 +58,7 @@ def open_database(url: str, pool_size: int) -> PooledPostgresqlDatabase:
     params = parse_dsn(url)
     name = params.pop("dbname", "postgres")
     params.setdefault("connect_timeout", "5")
-    return PooledPostgresqlDatabase(
+    return PooledPostgresqlDatabase(  # type: ignore[no-untyped-call]
         name,
         max_connections=pool_size,
         stale_timeout=POOL_STALE_SECONDS,

@@ -101,7 +101,8 @@ def main() -> None:
     try:
         asyncio.run(serve(settings))
     except Exception as error:  # a start-up failure: one line, not a traceback
-        sys.exit(f"cannot start: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}")
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        sys.exit(f"cannot start: {type(error).__name__}: {first_line}")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import Any, ParamSpec, TypeVar
 
-from tornado import httputil
+from peewee import PeeweeException
+from playhouse.pool import MaxConnectionsExceeded
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from config import Settings
 from models import DatabaseUnavailable
-from peewee import PeeweeException
-from playhouse.pool import MaxConnectionsExceeded
 from quiz.upstream import JServiceClient
 from runtime import InFlight
 
@@ -39,7 +38,7 @@ class ApiError(HTTPError):
         *,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
-    ):
+    ) -> None:
         super().__init__(status, reason=HTTPStatus(status).phrase)
         self.detail = detail
         self.extra = extra or {}
@@ -62,6 +61,7 @@ class BaseHandler(RequestHandler):
     max_body_bytes = MAX_JSON_BYTES
 
     def initialize(self) -> None:
+        """Start each request with an empty body buffer."""
         self._body = bytearray()
         self._counted = False
 
@@ -90,10 +90,12 @@ class BaseHandler(RequestHandler):
         return tracker
 
     def set_default_headers(self) -> None:
+        """API answers are never sniffed nor cached."""
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
 
     def prepare(self) -> None:
+        """Count the request and refuse a declared body over the cap before reading it."""
         self.in_flight.enter()
         self._counted = True
         declared = self.request.headers.get("Content-Length")
@@ -101,6 +103,7 @@ class BaseHandler(RequestHandler):
             raise self.body_too_large()
 
     def data_received(self, chunk: bytes) -> None:
+        """Buffer the body up to the cap; past it, answer 413 and drop the connection."""
         if self._finished:
             return
         if len(self._body) + len(chunk) > self.max_body_bytes:
@@ -113,13 +116,16 @@ class BaseHandler(RequestHandler):
         return ApiError(413, f"the request body is larger than {self.max_body_bytes} bytes")
 
     def on_finish(self) -> None:
+        """The request was answered."""
         self._leave()
 
     def on_connection_close(self) -> None:
+        """The client went away before an answer."""
         super().on_connection_close()
         self._leave()
 
     def compute_etag(self) -> None:
+        """No ETags: API answers are live data, sent with no-store."""
         return None
 
     def _leave(self) -> None:
@@ -159,14 +165,19 @@ class BaseHandler(RequestHandler):
         try:
             return await loop.run_in_executor(self.db_executor, lambda: work(*args, **kwargs))
         except (*DatabaseUnavailable, MaxConnectionsExceeded) as error:
-            log.warning("database unavailable: %s", str(error).strip().splitlines()[0] if str(error) else error)
-            raise ApiError(503, "the database is unavailable, try again shortly", headers={"Retry-After": "5"}) from None
+            log.warning(
+                "database unavailable: %s", str(error).strip().splitlines()[0] if str(error) else error
+            )
+            raise ApiError(
+                503, "the database is unavailable, try again shortly", headers={"Retry-After": "5"}
+            ) from None
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Every error leaves as a problem document; a traceback never does."""
         error = kwargs.get("exc_info", (None, None, None))[1]
         problem: dict[str, Any] = {
             "type": "about:blank",
-            "title": httputil.responses.get(status_code, "Unknown"),
+            "title": _phrase(status_code),
             "status": status_code,
             "detail": self._problem_detail(status_code, error),
         }
@@ -190,7 +201,7 @@ class BaseHandler(RequestHandler):
             return error.log_message % error.args if error.args else error.log_message
         if isinstance(error, PeeweeException):
             return "the database failed to answer this request"
-        return HTTPStatus(status_code).description if status_code in HTTPStatus._value2member_map_ else ""
+        return _phrase(status_code)
 
     def allowed_methods(self) -> list[str]:
         """The HTTP methods this handler implements, for Allow headers."""
@@ -201,9 +212,17 @@ class BaseHandler(RequestHandler):
         ]
 
 
+def _phrase(status_code: int) -> str:
+    try:
+        return HTTPStatus(status_code).phrase
+    except ValueError:
+        return "Error"
+
+
 class NotFoundHandler(BaseHandler):
     """Answers every path no route matches with a 404 problem."""
 
     def prepare(self) -> None:
+        """Refuse whatever was asked for."""
         super().prepare()
         raise ApiError(404, f"there is nothing at {self.request.path}")

@@ -29,6 +29,7 @@ class QuestionsHandler(BaseHandler):
     """The quiz questions collection."""
 
     async def post(self) -> None:
+        """Store new questions; answer with the one saved before them."""
         count = parse_questions_num(self.json_object(), self.config.max_questions_num)
         budget = Budget(
             max_calls=self.config.jservice_max_calls,
@@ -46,6 +47,7 @@ class QuestionsHandler(BaseHandler):
         self.write_json(previous or {})
 
     async def get(self) -> None:
+        """One page of stored questions, newest first."""
         limit = self.query_int("limit", default=50, minimum=1, maximum=MAX_PAGE)
         offset = self.query_int("offset", default=0, minimum=0, maximum=2**62)
         self.write_json(await self.run_db(list_questions, limit, offset))

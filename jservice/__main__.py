@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 
 from tornado.httpserver import HTTPServer
@@ -31,10 +32,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     behaviour = Behaviour(pool_size=args.pool_size, latency=args.latency_ms / 1000)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(args.host, args.port, behaviour))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

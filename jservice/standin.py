@@ -6,7 +6,7 @@ import asyncio
 import json
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from tornado.web import Application, RequestHandler
 
 DATA_FILE = Path(__file__).with_name("clues.json")
 MAX_COUNT = 100
-EPOCH = datetime(2014, 2, 11, 22, 47, 18, 687000, tzinfo=timezone.utc)
+EPOCH = datetime(2014, 2, 11, 22, 47, 18, 687000, tzinfo=UTC)
 
 
 @dataclass
@@ -56,7 +56,7 @@ def render_clue(clue_id: int, clues: list[tuple[int, str, dict[str, Any]]], blan
         "answer": clue["answer"],
         "question": "" if blank else clue["question"],
         "value": clue["value"],
-        "airdate": _stamp(datetime(1990, 1, 1, 12, tzinfo=timezone.utc) + timedelta(days=clue_id % 9000)),
+        "airdate": _stamp(datetime(1990, 1, 1, 12, tzinfo=UTC) + timedelta(days=clue_id % 9000)),
         "created_at": created,
         "updated_at": created,
         "category_id": category_number,
@@ -75,11 +75,14 @@ def render_clue(clue_id: int, clues: list[tuple[int, str, dict[str, Any]]], blan
 class RandomCluesHandler(RequestHandler):
     """GET /api/random?count=N: N random distinct clues (count clamped to 0..100)."""
 
-    def initialize(self, clues: list[tuple[int, str, dict[str, Any]]], behaviour: Behaviour) -> None:
+    def initialize(  # noqa: D102
+        self, clues: list[tuple[int, str, dict[str, Any]]], behaviour: Behaviour
+    ) -> None:
         self.clues = clues
         self.behaviour = behaviour
 
     async def get(self) -> None:
+        """Answer one batch, or misbehave as the switches say."""
         behaviour = self.behaviour
         try:
             count = max(0, min(MAX_COUNT, int(self.get_query_argument("count", "1"))))
@@ -113,6 +116,12 @@ class RandomCluesHandler(RequestHandler):
 def make_standin_app(behaviour: Behaviour | None = None) -> Application:
     """The stand-in as a Tornado application (no access log, so it is never the bottleneck)."""
     return Application(
-        [(r"/api/random", RandomCluesHandler, {"clues": load_clues(), "behaviour": behaviour or Behaviour()})],
+        [
+            (
+                r"/api/random",
+                RandomCluesHandler,
+                {"clues": load_clues(), "behaviour": behaviour or Behaviour()},
+            )
+        ],
         log_function=lambda handler: None,
     )

@@ -30,7 +30,7 @@ class Budget:
 class QuestionsShortfall(Exception):
     """The budget ran out before N new questions were stored; what was stored stays."""
 
-    def __init__(self, reason: Shortfall, detail: str, saved: int, requested: int):
+    def __init__(self, reason: Shortfall, detail: str, saved: int, requested: int) -> None:
         super().__init__(detail)
         self.reason: Shortfall = reason
         self.detail = detail
@@ -60,7 +60,8 @@ async def store_new_questions(
     """Store `count` questions new to the database and return the question that was the latest
     before this request stored any, or None. Raises QuestionsShortfall when the budget runs out."""
     if count == 0:
-        return await run_db(latest_question)
+        latest: QuestionDict | None = await run_db(latest_question)
+        return latest
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget.seconds
     saved = calls = failures = 0
@@ -73,7 +74,9 @@ async def store_new_questions(
             raise QuestionsShortfall(last_problem, last_detail, saved, count)
         calls += 1
         try:
-            clues = await client.fetch_random(min(count - saved, MAX_BATCH), min(budget.call_timeout, remaining))
+            clues = await client.fetch_random(
+                min(count - saved, MAX_BATCH), min(budget.call_timeout, remaining)
+            )
         except UpstreamError as error:
             last_problem, last_detail = error.kind, str(error)
             if not error.transient:

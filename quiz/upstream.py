@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.simple_httpclient import HTTPTimeoutError
@@ -33,7 +33,9 @@ class Clue:
 class UpstreamError(Exception):
     """The upstream did not give a usable answer to one call."""
 
-    def __init__(self, kind: FailureKind, message: str, *, transient: bool, retry_after: float | None = None):
+    def __init__(
+        self, kind: FailureKind, message: str, *, transient: bool, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.kind: FailureKind = kind
         self.transient = transient
@@ -43,7 +45,7 @@ class UpstreamError(Exception):
 class JServiceClient:
     """Fetches random clues over one shared AsyncHTTPClient."""
 
-    def __init__(self, http: AsyncHTTPClient, base_url: str):
+    def __init__(self, http: AsyncHTTPClient, base_url: str) -> None:
         self._http = http
         self._base_url = base_url.rstrip("/")
 
@@ -62,19 +64,27 @@ class JServiceClient:
         except HTTPClientError as error:
             raise _http_failure(error) from None
         except OSError as error:
-            raise UpstreamError("bad_gateway", f"cannot reach the upstream: {error}", transient=True) from None
+            raise UpstreamError(
+                "bad_gateway", f"cannot reach the upstream: {error}", transient=True
+            ) from None
         try:
             payload = json.loads(response.body)
         except ValueError:
-            raise UpstreamError("bad_gateway", "the upstream answered with something that is not JSON", transient=False) from None
+            raise UpstreamError(
+                "bad_gateway", "the upstream answered with something that is not JSON", transient=False
+            ) from None
         if not isinstance(payload, list):
-            raise UpstreamError("bad_gateway", "the upstream answered with JSON that is not a list", transient=False)
+            raise UpstreamError(
+                "bad_gateway", "the upstream answered with JSON that is not a list", transient=False
+            )
         return [clue for clue in map(parse_clue, payload[:count]) if clue is not None]
 
 
 def _http_failure(error: HTTPClientError) -> UpstreamError:
     if isinstance(error, HTTPTimeoutError):
-        return UpstreamError("timeout", f"the upstream did not answer in time: {error.message}", transient=True)
+        return UpstreamError(
+            "timeout", f"the upstream did not answer in time: {error.message}", transient=True
+        )
     if error.code == 599:
         return UpstreamError("bad_gateway", f"upstream call failed: {error.message}", transient=True)
     retry_after = None
@@ -100,7 +110,7 @@ def parse_retry_after(value: str | None) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def parse_clue(item: Any) -> Clue | None:
@@ -126,7 +136,7 @@ def parse_clue(item: Any) -> Clue | None:
     )
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -137,4 +147,4 @@ def _parse_time(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

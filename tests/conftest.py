@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -95,7 +96,9 @@ def app(settings: Settings) -> Iterator[Application]:
 
 
 @pytest.fixture
-def http_server(request: pytest.FixtureRequest, io_loop: object, _unused_port: tuple[object, int]) -> Iterator[object]:
+def http_server(
+    request: pytest.FixtureRequest, io_loop: object, _unused_port: tuple[socket.socket, int]
+) -> Iterator[object]:
     """The app behind the same HTTPServer options `main()` uses (replaces pytest-tornado's)."""
     server = make_server(request.getfixturevalue("app"))
     server.add_sockets([_unused_port[0]])

@@ -1,0 +1,133 @@
+"""Health, errors for unknown paths and methods, configuration, and the server process itself."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from config import ConfigError, Settings, load_settings
+from tests.support import ROOT, assert_problem, call, free_port, poll, start_server_process
+
+DEAD_DATABASE = "postgresql://postgres@127.0.0.1:1/nothing"
+
+
+@pytest.mark.gen_test
+async def test_health_is_ok_when_the_database_answers(base_url):
+    reply = await call(base_url, "GET", "/health")
+    assert reply.status == 200
+    assert reply.json == {"status": "ok"}
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(database_url=DEAD_DATABASE)
+async def test_database_down_is_503_everywhere(base_url):
+    assert_problem(await call(base_url, "GET", "/health"), 503)
+    assert_problem(await call(base_url, "GET", "/questions"), 503)
+    reply = await call(base_url, "POST", "/questions", {"questions_num": 1})
+    assert_problem(reply, 503)
+    assert reply.headers["Retry-After"]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE", "PATCH"])
+async def test_unknown_path_is_a_404_problem(base_url, method):
+    body = b"{}" if method in ("POST", "PUT", "PATCH") else None
+    problem = assert_problem(await call(base_url, method, "/no/such/thing?x=1", raw=body), 404)
+    assert "/no/such/thing" in problem["detail"]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("path", "method", "allow"), [("/questions", "DELETE", "GET, POST"), ("/health", "POST", "GET")]
+)
+async def test_wrong_method_is_405_with_allow(base_url, path, method, allow):
+    assert_problem(await call(base_url, method, path, raw=b"{}" if method == "POST" else None), 405)
+    reply = await call(base_url, method, path, raw=b"{}" if method == "POST" else None)
+    assert reply.headers["Allow"] == allow
+
+
+def test_settings_defaults_follow_the_contract():
+    settings = load_settings({})
+    assert settings == Settings()
+    assert (settings.host, settings.port, str(settings.data_dir)) == ("0.0.0.0", 8000, "data")
+    assert (settings.jservice_url, settings.jservice_timeout) == ("https://jservice.io", 10.0)
+    assert (settings.max_questions_num, settings.db_wait_seconds, settings.database_url) == (100, 30.0, None)
+
+
+def test_settings_are_read_from_the_environment():
+    settings = load_settings(
+        {"PORT": "9000", "JSERVICE_URL": "http://standin:8001/", "MAX_QUESTIONS_NUM": "5", "DATA_DIR": "/srv"}
+    )
+    assert (settings.port, settings.jservice_url, settings.max_questions_num) == (
+        9000,
+        "http://standin:8001",
+        5,
+    )
+    assert settings.embedded_db_dir.as_posix() == "/srv/pgdata"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("JSERVICE_URL", "ftp://example.org"),
+        ("JSERVICE_TIMEOUT", "-1"),
+        ("MAX_QUESTIONS_NUM", "1.5"),
+        ("DB_WAIT_SECONDS", "soon"),
+        ("DATABASE_URL", "mysql://x"),
+        ("LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_a_bad_setting_names_its_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_settings({name: value})
+
+
+def test_bad_configuration_stops_start_up_with_one_line():
+    result = subprocess.run(
+        [sys.executable, "server.py"], cwd=ROOT, env={"PORT": "abc"}, capture_output=True, timeout=60
+    )
+    assert result.returncode != 0
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "PORT" in lines[0]
+
+
+def test_unreachable_database_stops_start_up_after_the_wait(tmp_path):
+    env = {"DATABASE_URL": DEAD_DATABASE, "DB_WAIT_SECONDS": "1", "PORT": str(free_port())}
+    process = start_server_process(env, tmp_path / "server.log")
+    assert process.wait(timeout=60) != 0
+    assert "cannot start" in (tmp_path / "server.log").read_text()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_server_process_serves_and_drains_on_sigterm(database_url, standin, tmp_path):
+    port = free_port()
+    standin.behaviour.latency = 1.0
+    env = {"DATABASE_URL": database_url, "PORT": str(port), "HOST": "127.0.0.1", "JSERVICE_URL": standin.url}
+    process = start_server_process(env, tmp_path / "server.log")
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        await poll(lambda: _healthy(base_url), deadline=60)
+        in_flight = asyncio.ensure_future(call(base_url, "POST", "/questions", {"questions_num": 1}))
+        await poll(lambda: standin.behaviour.requested_counts)
+        process.send_signal(signal.SIGTERM)
+        reply = await in_flight
+        assert reply.status == 200
+        await poll(lambda: process.poll() is not None, deadline=30)
+        assert process.returncode == 0
+    finally:
+        process.kill()
+    log = (tmp_path / "server.log").read_text()
+    assert "POST /questions 200" in log
+
+
+async def _healthy(base_url: str) -> bool:
+    try:
+        return (await call(base_url, "GET", "/health", timeout=2)).status == 200
+    except OSError:
+        return False
