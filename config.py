@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -33,6 +34,20 @@ class Settings:
     db_pool_size: int = 8
     shutdown_grace_seconds: float = 15.0
     log_level: str = "INFO"
+    media_dir: Path | None = None  # None: DATA_DIR/media
+    public_url: str | None = None
+    max_upload_bytes: int = 100 * 1024 * 1024
+    upload_timeout: float = 600.0
+    convert_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    convert_queue: int = 8
+    convert_timeout: float = 300.0
+    mp3_bitrate: str = "192k"
+    ffmpeg_binary: str | None = None
+
+    @property
+    def media_root(self) -> Path:
+        """Where MP3 files live (MEDIA_DIR, else DATA_DIR/media)."""
+        return self.media_dir if self.media_dir is not None else self.data_dir / "media"
 
     @property
     def embedded_db_dir(self) -> Path:
@@ -76,6 +91,13 @@ def _postgres_url(value: str) -> str:
     return value.strip()
 
 
+def _bitrate(value: str) -> str:
+    match = re.fullmatch(r"(\d{1,3})k", value.strip())
+    if not match or not 32 <= int(match.group(1)) <= 320:
+        raise ValueError("must be a bitrate from 32k to 320k, such as 192k")
+    return match.group(0)
+
+
 def _log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -115,4 +137,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             env, "SHUTDOWN_GRACE_SECONDS", _seconds, defaults.shutdown_grace_seconds
         ),
         log_level=_read(env, "LOG_LEVEL", _log_level, defaults.log_level),
+        media_dir=_read(env, "MEDIA_DIR", lambda v: Path(_text(v)), defaults.media_dir),
+        public_url=_read(env, "PUBLIC_URL", _http_url, defaults.public_url),
+        max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", _int_in(1024, 2**40), defaults.max_upload_bytes),
+        upload_timeout=_read(env, "UPLOAD_TIMEOUT", _seconds, defaults.upload_timeout),
+        convert_workers=_read(env, "CONVERT_WORKERS", _int_in(1, 256), defaults.convert_workers),
+        convert_queue=_read(env, "CONVERT_QUEUE", _int_in(0, 10_000), defaults.convert_queue),
+        convert_timeout=_read(env, "CONVERT_TIMEOUT", _seconds, defaults.convert_timeout),
+        mp3_bitrate=_read(env, "MP3_BITRATE", _bitrate, defaults.mp3_bitrate),
+        ffmpeg_binary=_read(env, "FFMPEG_BINARY", _text, defaults.ffmpeg_binary),
     )

@@ -28,12 +28,14 @@ POOL_STALE_SECONDS = 300
 DatabaseUnavailable = (peewee.OperationalError, peewee.InterfaceError)
 
 
+NOW = peewee.SQL("DEFAULT now()")
+
+
 class BaseModel(peewee.Model):
-    """Models live in the proxied database, in snake_case tables."""
+    """Models live in the proxied database."""
 
     class Meta:
         database = database
-        legacy_table_names = False
 
 
 class Question(BaseModel):
@@ -47,10 +49,40 @@ class Question(BaseModel):
     airdate = DateTimeTZField(null=True)
     value = peewee.IntegerField(null=True)
     category = peewee.TextField(null=True)
-    saved_at = DateTimeTZField(constraints=[peewee.SQL("DEFAULT now()")])
+    saved_at = DateTimeTZField(constraints=[NOW])
+
+    class Meta:
+        table_name = "questions"
 
 
-MODELS: list[type[BaseModel]] = [Question]
+class User(BaseModel):
+    """Someone who uploads records; only a SHA-256 digest of the access token is kept."""
+
+    id = peewee.BigAutoField()
+    name = peewee.TextField()
+    token_sha256 = peewee.CharField(max_length=64)
+    created_at = DateTimeTZField(constraints=[NOW])
+
+    class Meta:
+        table_name = "users"
+
+
+class Record(BaseModel):
+    """An uploaded WAV, stored as an MP3 under MEDIA_DIR at `path` (relative)."""
+
+    id = peewee.UUIDField(primary_key=True)
+    user = peewee.ForeignKeyField(User, backref="records", on_delete="CASCADE")
+    original_name = peewee.TextField()
+    path = peewee.TextField(unique=True)
+    size = peewee.BigIntegerField()
+    duration = peewee.DoubleField()
+    created_at = DateTimeTZField(constraints=[NOW])
+
+    class Meta:
+        table_name = "records"
+
+
+MODELS: list[type[BaseModel]] = [Question, User, Record]
 
 
 def open_database(url: str, pool_size: int) -> PooledPostgresqlDatabase:

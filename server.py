@@ -14,11 +14,15 @@ from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
 from config import ConfigError, Settings, load_settings
+from converters.ffmpeg import find_ffmpeg
+from converters.mp3 import Mp3Settings
+from converters.pool import ConversionPool
 from embedded_db import start_embedded_postgres
 from handlers import ROUTES
 from handlers.base import MAX_JSON_BYTES, NotFoundHandler
 from models import bind_database, create_tables, database, open_database
 from quiz.upstream import JServiceClient
+from records.storage import MediaStore
 from runtime import InFlight, log_request
 
 log = logging.getLogger("server")
@@ -35,6 +39,8 @@ def make_app(settings: Settings) -> Application:
     if settings.database_url is None:
         raise ValueError("make_app needs settings.database_url")
     bind_database(open_database(settings.database_url, settings.db_pool_size))
+    media = MediaStore(settings.media_root)
+    media.prepare()
     http_client = AsyncHTTPClient(
         force_instance=True, max_clients=UPSTREAM_MAX_CLIENTS, max_body_size=UPSTREAM_MAX_BODY_BYTES
     )
@@ -46,6 +52,9 @@ def make_app(settings: Settings) -> Application:
         db_executor=ThreadPoolExecutor(settings.db_pool_size, thread_name_prefix="db"),
         http_client=http_client,
         jservice=JServiceClient(http_client, settings.jservice_url),
+        conversions=ConversionPool(settings.convert_workers, settings.convert_queue),
+        media=media,
+        mp3=Mp3Settings(find_ffmpeg(settings.ffmpeg_binary), settings.mp3_bitrate, settings.convert_timeout),
         in_flight=InFlight(),
     )
 
@@ -64,6 +73,7 @@ def make_server(app: Application) -> HTTPServer:
 def close_app(app: Application) -> None:
     """Release what `make_app` built."""
     app.settings["http_client"].close()
+    app.settings["conversions"].shutdown()
     app.settings["db_executor"].shutdown(wait=True)
     database.close_all()
 

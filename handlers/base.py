@@ -15,8 +15,11 @@ from playhouse.pool import MaxConnectionsExceeded
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from config import Settings
+from converters.mp3 import Mp3Settings
+from converters.pool import ConversionPool
 from models import DatabaseUnavailable
 from quiz.upstream import JServiceClient
+from records.storage import MediaStore
 from runtime import InFlight
 
 P = ParamSpec("P")
@@ -54,16 +57,29 @@ def invalid(field: str, message: str) -> ApiError:
     )
 
 
+def storable_text(text: str) -> bool:
+    """Whether PostgreSQL can store the string: no NUL, valid UTF-8 (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
 @stream_request_body
 class BaseHandler(RequestHandler):
     """What every handler shares. Bodies stream in so that a size cap holds before they are read."""
 
-    max_body_bytes = MAX_JSON_BYTES
-
     def initialize(self) -> None:
         """Start each request with an empty body buffer."""
         self._body = bytearray()
+        self._received = 0
         self._counted = False
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body this handler takes."""
+        return MAX_JSON_BYTES
 
     @property
     def config(self) -> Settings:
@@ -82,6 +98,24 @@ class BaseHandler(RequestHandler):
         """The quiz upstream client."""
         client: JServiceClient = self.application.settings["jservice"]
         return client
+
+    @property
+    def conversions(self) -> ConversionPool:
+        """The bounded conversion pool."""
+        pool: ConversionPool = self.application.settings["conversions"]
+        return pool
+
+    @property
+    def media(self) -> MediaStore:
+        """The media directory."""
+        store: MediaStore = self.application.settings["media"]
+        return store
+
+    @property
+    def mp3_settings(self) -> Mp3Settings:
+        """How MP3s are made."""
+        settings: Mp3Settings = self.application.settings["mp3"]
+        return settings
 
     @property
     def in_flight(self) -> InFlight:
@@ -106,9 +140,16 @@ class BaseHandler(RequestHandler):
         """Buffer the body up to the cap; past it, answer 413 and drop the connection."""
         if self._finished:
             return
-        if len(self._body) + len(chunk) > self.max_body_bytes:
-            self.send_error(413, exc_info=(ApiError, self.body_too_large(), None))
-            return
+        self._received += len(chunk)
+        try:
+            if self._received > self.max_body_bytes:
+                raise self.body_too_large()
+            self.consume_body(chunk)
+        except ApiError as error:
+            self.send_error(error.status_code, exc_info=(type(error), error, None))
+
+    def consume_body(self, chunk: bytes) -> None:
+        """Take a piece of the body (raising ApiError refuses the request); JSON handlers buffer it."""
         self._body.extend(chunk)
 
     def body_too_large(self) -> ApiError:
@@ -175,22 +216,27 @@ class BaseHandler(RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Every error leaves as a problem document; a traceback never does."""
         error = kwargs.get("exc_info", (None, None, None))[1]
-        problem: dict[str, Any] = {
-            "type": "about:blank",
-            "title": _phrase(status_code),
-            "status": status_code,
-            "detail": self._problem_detail(status_code, error),
-        }
-        self.clear_header("Cache-Control")
-        self.set_header("Cache-Control", "no-store")
+        extra: dict[str, Any] = {}
         if isinstance(error, ApiError):
-            problem.update(error.extra)
+            extra = error.extra
             for name, value in error.headers.items():
                 self.set_header(name, value)
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
+        self.write_problem(status_code, self._problem_detail(status_code, error), extra)
+
+    def write_problem(self, status_code: int, detail: str, extra: dict[str, Any] | None = None) -> None:
+        """Finish with an RFC 9457 problem document."""
+        problem = {
+            "type": "about:blank",
+            "title": _phrase(status_code),
+            "status": status_code,
+            "detail": detail,
+        }
+        self.set_status(status_code)
+        self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Type", PROBLEM_CONTENT_TYPE)
-        self.finish(json.dumps(problem, ensure_ascii=False).encode())
+        self.finish(json.dumps({**problem, **(extra or {})}, ensure_ascii=False).encode())
 
     def _problem_detail(self, status_code: int, error: BaseException | None) -> str:
         if isinstance(error, ApiError):

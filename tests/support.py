@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,24 @@ async def call(
         headers=headers,
         request_timeout=timeout,
         allow_nonstandard_methods=True,
+    )
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        return reply_of(await client.fetch(request, raise_error=False))
+    finally:
+        client.close()
+
+
+async def post_streaming(
+    url: str, content_type: str, produce: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]
+) -> Reply:
+    """POST a body that `produce` writes piece by piece (sent chunked, with no Content-Length)."""
+    request = HTTPRequest(
+        url,
+        method="POST",
+        body_producer=produce,  # type: ignore[arg-type]  # Tornado's stub wants a Future, a coroutine works
+        headers={"Content-Type": content_type},
+        request_timeout=60,
     )
     client = AsyncHTTPClient(force_instance=True)
     try:

@@ -14,7 +14,7 @@ async def post_questions(base_url: str, count: int):
 
 
 def stored_ids(db: str) -> list[int]:
-    return [row[0] for row in sql(db, "SELECT jservice_id FROM question ORDER BY id")]
+    return [row[0] for row in sql(db, "SELECT jservice_id FROM questions ORDER BY id")]
 
 
 QUESTION_KEYS = {"id", "question", "answer", "created_at", "airdate", "value", "category", "saved_at"}

@@ -1,0 +1,191 @@
+"""POST /records uploads a WAV and stores it as MP3; GET /record downloads it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import uuid
+from typing import Any
+
+from tornado.web import StaticFileHandler
+
+from converters.mp3 import ConversionFailed, ConversionTimeout
+from converters.wav import InvalidWav, NotWav
+from handlers.base import ApiError, BaseHandler, invalid
+from records.names import content_disposition, sanitize_filename
+from records.repository import find_record, insert_record
+from records.storage import convert_into_store
+from records.upload import MalformedForm, StreamingForm
+from users.repository import check_token
+
+log = logging.getLogger(__name__)
+
+# Tornado's own cap sits well above ours, so that our 413 answers first even for chunked bodies.
+TORNADO_CAP_FACTOR = 2
+RETRY_AFTER = {"Retry-After": "5"}
+BEARER = re.compile(r"Bearer\s+(\S+)\s*$", re.IGNORECASE)
+USER_ID = re.compile(r"[1-9][0-9]{0,17}")
+
+
+def parse_user_id(raw: str | None, field: str = "user") -> int:
+    """A user id from a form field or query argument; 422 when missing or not a positive integer."""
+    if raw is None or raw == "":
+        raise invalid(field, "is required")
+    if not USER_ID.fullmatch(raw.strip()):
+        raise invalid(field, "must be a positive integer")
+    return int(raw.strip())
+
+
+class RecordUploadHandler(BaseHandler):
+    """Streams the multipart body to a temporary file, then converts it on the conversion pool."""
+
+    @property
+    def max_body_bytes(self) -> int:
+        """MAX_UPLOAD_BYTES: the whole multipart body, file and fields."""
+        return self.config.max_upload_bytes
+
+    def prepare(self) -> None:
+        """Refuse early: too large, not multipart, or no conversion capacity."""
+        self._form: StreamingForm | None = None
+        self._reserved = False
+        super().prepare()
+        self.request.connection.set_max_body_size(self.max_body_bytes * TORNADO_CAP_FACTOR + 2**20)  # type: ignore[union-attr]
+        self.request.connection.set_body_timeout(self.config.upload_timeout)  # type: ignore[union-attr]
+        try:
+            self._form = StreamingForm(
+                self.request.headers.get("Content-Type", ""), "file", self.media.new_temp_path(".wav")
+            )
+        except MalformedForm as error:
+            raise ApiError(400, str(error)) from None
+        if not self.conversions.try_reserve():
+            raise ApiError(503, "conversion capacity is full, try again shortly", headers=RETRY_AFTER)
+        self._reserved = True
+
+    def consume_body(self, chunk: bytes) -> None:
+        """Parse the multipart body as it arrives; the file part goes straight to disk."""
+        assert self._form is not None
+        try:
+            self._form.feed(chunk)
+        except MalformedForm as error:
+            raise ApiError(400, str(error)) from None
+        except OSError as error:
+            log.error("cannot write an upload: %s", error)
+            raise ApiError(503, "the upload cannot be stored right now", headers=RETRY_AFTER) from None
+
+    async def post(self) -> None:
+        """Authenticate, convert, store, and answer with the download link."""
+        form = self._form
+        assert form is not None
+        try:
+            form.finish()
+        except MalformedForm as error:
+            raise ApiError(400, str(error)) from None
+        user_id = parse_user_id(form.fields.get("user"))
+        token = self._token(form.fields)
+        if form.file_parts == 0:
+            raise invalid("file", "is required")
+        if form.file_parts > 1:
+            raise invalid("file", "send exactly one file")
+        check = await self.run_db(check_token, user_id, token)
+        if check == "unknown_user":
+            raise ApiError(404, f"there is no user {user_id}")
+        if check == "wrong_token":
+            raise ApiError(403, "the token does not belong to this user")
+        audio = await self._convert(form)
+        original_name = sanitize_filename(form.filename)
+        try:
+            await self.run_db(insert_record, audio, user_id, original_name)
+        except BaseException:
+            self.media.remove(audio.path)
+            raise
+        url = f"{self._public_base()}/record?id={audio.record_id}&user={user_id}"
+        self.set_header("Location", url)
+        self.write_json({"id": str(audio.record_id), "user": user_id, "url": url}, status=201)
+
+    def _token(self, fields: dict[str, str]) -> str:
+        header = BEARER.match(self.request.headers.get("Authorization", ""))
+        token = header.group(1) if header else fields.get("token")
+        if not token:
+            raise invalid("token", "is required (a form field, or Authorization: Bearer)")
+        return token.strip()
+
+    async def _convert(self, form: StreamingForm) -> Any:
+        try:
+            return await self.conversions.run(
+                convert_into_store, self.media, self.mp3_settings, form.file_path
+            )
+        except NotWav as error:
+            raise ApiError(415, f"{error}; upload a WAV file") from None
+        except (InvalidWav, ConversionFailed) as error:
+            raise ApiError(422, str(error)) from None
+        except ConversionTimeout as error:
+            raise ApiError(503, str(error), headers=RETRY_AFTER) from None
+
+    def _public_base(self) -> str:
+        return self.config.public_url or f"{self.request.protocol}://{self.request.host}"
+
+    def on_finish(self) -> None:
+        """Free the slot and delete the uploaded WAV, whatever happened."""
+        self._clean_up()
+        super().on_finish()
+
+    def on_connection_close(self) -> None:
+        """The client went away: the same clean-up."""
+        self._clean_up()
+        super().on_connection_close()
+
+    def _clean_up(self) -> None:
+        if getattr(self, "_reserved", False):
+            self._reserved = False
+            self.conversions.release()
+        form: StreamingForm | None = getattr(self, "_form", None)
+        if form is not None:
+            self._form = None
+            form.close()
+            with contextlib.suppress(FileNotFoundError):
+                form.file_path.unlink()
+
+
+class RecordDownloadHandler(BaseHandler, StaticFileHandler):
+    """GET/HEAD /record?id=&user=: Tornado's static file serving (Range, 304, HEAD) for one record."""
+
+    def initialize(self) -> None:  # type: ignore[override]
+        """Serve from the media directory."""
+        BaseHandler.initialize(self)
+        self.root = str(self.media.root)
+        self.default_filename = None
+        self._record: dict[str, Any] = {}
+
+    async def get(self, include_body: bool = True) -> None:  # type: ignore[override]
+        """Look the record up, then let StaticFileHandler send it."""
+        raw_id = self.get_query_argument("id", None)
+        try:
+            record_id = uuid.UUID(raw_id or "")
+        except ValueError:
+            raise invalid("id", "must be a record UUID") from None
+        user_id = parse_user_id(self.get_query_argument("user", None))
+        record = await self.run_db(find_record, record_id, user_id)
+        if record is None:
+            raise ApiError(404, "there is no such record for this user")
+        self._record = record
+        await StaticFileHandler.get(self, record["path"], include_body)
+        if self.get_status() == 416 and not self._finished:
+            self.write_problem(416, "the requested range is not satisfiable")
+
+    async def head(self) -> None:  # type: ignore[override]
+        """The headers of GET, without the body."""
+        await self.get(include_body=False)
+
+    def compute_etag(self) -> str:  # type: ignore[override]
+        """The record id: the file never changes, so there is no need to hash it."""
+        return f'"{self._record["id"]}"'
+
+    def get_content_type(self) -> str:
+        """Always MP3."""
+        return "audio/mpeg"
+
+    def set_extra_headers(self, path: str) -> None:
+        """Download as a file named after the upload; immutable, so caching is safe."""
+        self.set_header("Content-Disposition", content_disposition(self._record["original_name"]))
+        self.set_header("Cache-Control", "private, max-age=31536000, immutable")

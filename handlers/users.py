@@ -1,0 +1,47 @@
+"""POST /users creates a user and its access token; GET /users/<id> shows one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.base import ApiError, BaseHandler, invalid, storable_text
+from users.repository import create_user, find_user
+
+MAX_NAME_CHARS = 100
+
+
+def parse_user_name(body: dict[str, Any]) -> str:
+    """The validated, trimmed `name` of a POST /users body."""
+    unknown = sorted(set(body) - {"name"})
+    if unknown:
+        raise invalid(unknown[0], "unknown field; the only field is name")
+    if "name" not in body:
+        raise invalid("name", "is required")
+    name = body["name"]
+    if not isinstance(name, str) or not 1 <= len(name.strip()) <= MAX_NAME_CHARS:
+        raise invalid("name", f"must be a string of 1 to {MAX_NAME_CHARS} characters")
+    if not storable_text(name):
+        raise invalid("name", "must not contain NUL characters or unpaired surrogates")
+    return name.strip()
+
+
+class UsersHandler(BaseHandler):
+    """The users collection."""
+
+    async def post(self) -> None:
+        """Create a user; the token is shown only in this answer."""
+        name = parse_user_name(self.json_object())
+        user_id, token = await self.run_db(create_user, name)
+        self.set_header("Location", f"/users/{user_id}")
+        self.write_json({"id": user_id, "token": token}, status=201)
+
+
+class UserHandler(BaseHandler):
+    """One user, without its token."""
+
+    async def get(self, user_id: str) -> None:
+        """Show the user's id, name and creation time."""
+        user = await self.run_db(find_user, int(user_id)) if len(user_id) <= 18 else None
+        if user is None:
+            raise ApiError(404, f"there is no user {user_id}")
+        self.write_json(user)

@@ -1,0 +1,31 @@
+"""Database access for records."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from models import Record, in_transaction
+from records.storage import StoredAudio
+
+
+@in_transaction
+def insert_record(audio: StoredAudio, user_id: int, original_name: str) -> None:
+    """The row for an MP3 that is already in place."""
+    Record.create(
+        id=audio.record_id,
+        user=user_id,
+        original_name=original_name,
+        path=audio.path,
+        size=audio.size,
+        duration=audio.duration,
+    )
+
+
+@in_transaction
+def find_record(record_id: uuid.UUID, user_id: int) -> dict[str, Any] | None:
+    """The record with this id if it belongs to this user, else None."""
+    record = Record.get_or_none((Record.id == record_id) & (Record.user == user_id))
+    if record is None:
+        return None
+    return {"id": str(record.id), "path": record.path, "original_name": record.original_name}

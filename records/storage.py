@@ -1,0 +1,91 @@
+"""The media directory: temporary files, crash-safe commits of finished MP3s, and clean-up."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from converters.mp3 import Mp3Settings, convert_wav_to_mp3
+from converters.wav import read_wav_info
+
+log = logging.getLogger(__name__)
+
+TEMP_DIR_NAME = ".tmp"
+
+
+@dataclass(frozen=True)
+class StoredAudio:
+    """A finished MP3, already renamed into place."""
+
+    record_id: uuid.UUID
+    path: str  # relative to the media root
+    size: int
+    duration: float
+
+
+class MediaStore:
+    """MP3s live at `root/<2 hex>/<record uuid>.mp3`; work in progress lives in `root/.tmp`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.temp_dir = self.root / TEMP_DIR_NAME
+
+    def prepare(self) -> int:
+        """Create the directories and delete temporary files a previous run left; returns how many."""
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        stale = [path for path in self.temp_dir.iterdir() if path.is_file()]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %d stale temporary files from %s", len(stale), self.temp_dir)
+        return len(stale)
+
+    def new_temp_path(self, suffix: str) -> Path:
+        """A fresh, unused path in the temporary directory."""
+        return self.temp_dir / f"{uuid.uuid4().hex}{suffix}"
+
+    def absolute(self, relative: str) -> Path:
+        """The file behind a stored relative path."""
+        return self.root / relative
+
+    def remove(self, relative: str) -> None:
+        """Delete a stored file if it is there."""
+        self.absolute(relative).unlink(missing_ok=True)
+
+    def commit(self, temp: Path, record_id: uuid.UUID) -> str:
+        """Make `temp` durable and move it to its final name; returns the relative path."""
+        relative = f"{record_id.hex[:2]}/{record_id}.mp3"
+        final = self.absolute(relative)
+        final.parent.mkdir(exist_ok=True)
+        with temp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+        _fsync_directory(final.parent)
+        return relative
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def convert_into_store(store: MediaStore, mp3: Mp3Settings, upload: Path) -> StoredAudio:
+    """Validate the WAV at `upload`, encode it and commit the MP3 (blocking; for the conversion pool).
+    Raises NotWav, InvalidWav, ConversionFailed or ConversionTimeout and leaves no file behind."""
+    wav = read_wav_info(upload)
+    temp = store.new_temp_path(".mp3")
+    try:
+        convert_wav_to_mp3(mp3, upload, temp, wav)
+        size = temp.stat().st_size
+        record_id = uuid.uuid4()
+        return StoredAudio(record_id, store.commit(temp, record_id), size, wav.duration)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()

@@ -1,0 +1,112 @@
+"""multipart/form-data parsed as it streams in: small fields kept in memory, the file part
+written straight to disk, so an upload is never held whole in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+MAX_FIELD_BYTES = 1024
+MAX_FILENAME_CHARS = 255
+
+
+class MalformedForm(ValueError):
+    """The body is not well-formed multipart/form-data (answered with 400)."""
+
+
+class StreamingForm:
+    """Feeds body chunks to a multipart parser; the part named `file_field` goes to `file_path`."""
+
+    def __init__(self, content_type: str, file_field: str, file_path: Path) -> None:
+        kind, params = parse_options_header(content_type)
+        boundary = params.get(b"boundary")
+        if kind != b"multipart/form-data" or not boundary:
+            raise MalformedForm("the body must be multipart/form-data with a boundary")
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.file_parts = 0
+        self.file_path = file_path
+        self._file_field = file_field
+        self._file: BinaryIO | None = None
+        self._ended = False
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._part_name: str | None = None
+        self._part_value = bytearray()
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": lambda data, start, end: self._header_name.extend(data[start:end]),
+                "on_header_value": lambda data, start, end: self._header_value.extend(data[start:end]),
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_end": self._on_end,
+            },
+        )
+
+    def feed(self, chunk: bytes) -> None:
+        """Parse the next piece of the body."""
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as error:
+            raise MalformedForm(f"malformed multipart body: {error}") from None
+
+    def finish(self) -> None:
+        """The body is complete; raises MalformedForm when it stopped before the closing boundary."""
+        self.close()
+        if not self._ended:
+            raise MalformedForm("the multipart body ends before its closing boundary")
+
+    def close(self) -> None:
+        """Close the file part (the file itself stays for the caller to use or delete)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _on_part_begin(self) -> None:
+        self._headers = {}
+        self._part_name = None
+        self._part_value = bytearray()
+
+    def _on_header_end(self) -> None:
+        self._headers[bytes(self._header_name).strip().lower()] = bytes(self._header_value).strip()
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+
+    def _on_headers_finished(self) -> None:
+        disposition, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = params.get(b"name")
+        if disposition != b"form-data" or name is None:
+            raise MultipartParseError("a part has no Content-Disposition: form-data name")
+        self._part_name = name.decode("utf-8", "replace")
+        if self._part_name == self._file_field:
+            self.file_parts += 1
+            if self.file_parts == 1:
+                raw_name = params.get(b"filename", b"")
+                self.filename = raw_name.decode("utf-8", "replace")[:MAX_FILENAME_CHARS]
+                self._file = self.file_path.open("wb")
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._part_name == self._file_field:
+            if self._file is not None:
+                self._file.write(data[start:end])
+        elif len(self._part_value) + (end - start) > MAX_FIELD_BYTES:
+            raise MultipartParseError(f"field {self._part_name!r} is longer than {MAX_FIELD_BYTES} bytes")
+        else:
+            self._part_value.extend(data[start:end])
+
+    def _on_part_end(self) -> None:
+        if self._part_name == self._file_field:
+            self.close()
+        elif self._part_name is not None and self._part_name not in self.fields:
+            self.fields[self._part_name] = self._part_value.decode("utf-8", "replace")
+
+    def _on_end(self) -> None:
+        self._ended = True

@@ -1,0 +1,305 @@
+"""POST /records and GET /record: real uploads, real ffmpeg, real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from records.storage import MediaStore
+from tests.audio import decode_mp3, make_wav, multipart, wav_with_fmt
+from tests.support import assert_problem, call, poll, post_streaming, sql
+
+
+async def new_user(base_url, name="uploader"):
+    user = (await call(base_url, "POST", "/users", {"name": name})).json
+    return user["id"], user["token"]
+
+
+async def upload(base_url, user, token, content, filename="take.wav", headers=None, fields=None):
+    """POST /records with a multipart body; `content` None sends no file part."""
+    form = {"user": str(user), "token": token} if fields is None else fields
+    body, content_type = multipart(form, {"file": (filename, content)} if content is not None else {})
+    return await call(
+        base_url, "POST", "/records", raw=body, headers={"Content-Type": content_type, **(headers or {})}
+    )
+
+
+def media_files(settings) -> list[Path]:
+    return sorted(path for path in settings.media_root.rglob("*") if path.is_file())
+
+
+def record_count(db: str) -> int:
+    return sql(db, "SELECT count(*) FROM records")[0][0]
+
+
+@pytest.fixture
+def user(base_url, db, io_loop) -> tuple[int, str]:
+    return io_loop.run_sync(lambda: new_user(base_url))
+
+
+@pytest.mark.gen_test(timeout=120)
+@pytest.mark.parametrize(
+    ("channels", "rate", "sample_bytes"),
+    [
+        (1, 8000, 1),
+        (2, 8000, 2),
+        (1, 16000, 2),
+        (2, 22050, 3),
+        (1, 32000, 2),
+        (2, 44100, 2),
+        (2, 48000, 3),
+        (1, 11025, 1),
+    ],
+)
+async def test_upload_converts_to_mp3_of_the_same_shape(
+    base_url, db, user, settings, tmp_path, channels, rate, sample_bytes
+):
+    user_id, token = user
+    reply = await upload(base_url, user_id, token, make_wav(1.5, rate, channels, sample_bytes))
+    assert reply.status == 201, reply.body
+    record = reply.json
+    assert record["user"] == user_id
+    assert record["url"] == f"{base_url}/record?id={record['id']}&user={user_id}"
+    assert reply.headers["Location"] == record["url"]
+    download = await call(record["url"], "GET", "")
+    assert download.status == 200
+    assert download.headers["Content-Type"] == "audio/mpeg"
+    assert int(download.headers["Content-Length"]) == len(download.body)
+    mp3 = tmp_path / "out.mp3"
+    mp3.write_bytes(download.body)
+    audio = decode_mp3(mp3)
+    assert (audio.channels, audio.frame_rate) == (channels, rate)
+    assert abs(audio.duration_seconds - 1.5) < 0.1
+    ((size, duration, path),) = sql(db, "SELECT size, duration, path FROM records")
+    assert size == len(download.body) and abs(duration - 1.5) < 1e-3
+    assert (settings.media_root / path).stat().st_size == size
+    assert not list((settings.media_root / ".tmp").iterdir())
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_token_may_come_as_bearer_header(base_url, db, user):
+    user_id, token = user
+    reply = await upload(
+        base_url,
+        user_id,
+        "",
+        make_wav(0.2),
+        headers={"Authorization": f"Bearer {token}"},
+        fields={"user": str(user_id)},
+    )
+    assert reply.status == 201
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(public_url="https://audio.example.org")
+async def test_public_url_sets_the_link_base(base_url, db, user):
+    reply = await upload(base_url, user[0], user[1], make_wav(0.2))
+    assert reply.json["url"].startswith("https://audio.example.org/record?id=")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_download_headers_range_head_and_304(base_url, db, user):
+    user_id, token = user
+    url = (await upload(base_url, user_id, token, make_wav(1.0), filename="../../évian take.wav")).json["url"]
+    full = await call(url, "GET", "")
+    record_id = parse_qs(urlsplit(url).query)["id"][0]
+    assert full.headers["ETag"] == f'"{record_id}"'
+    assert full.headers["Accept-Ranges"] == "bytes"
+    assert full.headers["X-Content-Type-Options"] == "nosniff"
+    disposition = full.headers["Content-Disposition"]
+    assert disposition.startswith('attachment; filename="_vian take.mp3"')
+    assert "filename*=UTF-8''%C3%A9vian%20take.mp3" in disposition
+    head = await call(url, "HEAD", "")
+    assert head.status == 200 and head.body == b""
+    assert head.headers["Content-Length"] == str(len(full.body))
+    partial = await call(url, "GET", "", headers={"Range": "bytes=10-109"})
+    assert partial.status == 206
+    assert partial.body == full.body[10:110]
+    assert partial.headers["Content-Range"] == f"bytes 10-109/{len(full.body)}"
+    unsatisfiable = await call(url, "GET", "", headers={"Range": f"bytes={len(full.body) + 10}-"})
+    assert_problem(unsatisfiable, 416)
+    assert unsatisfiable.headers["Content-Range"] == f"bytes */{len(full.body)}"
+    cached = await call(url, "GET", "", headers={"If-None-Match": full.headers["ETag"]})
+    assert cached.status == 304 and cached.body == b""
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_record_of_another_user_or_unknown_is_404(base_url, db, user):
+    user_id, token = user
+    other_id, _ = await new_user(base_url, "other")
+    record_id = (await upload(base_url, user_id, token, make_wav(0.2))).json["id"]
+    assert_problem(await call(base_url, "GET", f"/record?id={record_id}&user={other_id}"), 404)
+    assert_problem(
+        await call(base_url, "GET", f"/record?id=00000000-0000-4000-8000-000000000000&user={user_id}"), 404
+    )
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "?id=abc&user=1",
+        "?user=1",
+        "?id=00000000-0000-4000-8000-000000000000",
+        "?id=00000000-0000-4000-8000-000000000000&user=x",
+    ],
+)
+async def test_malformed_download_query_is_422(base_url, db, query):
+    assert_problem(await call(base_url, "GET", f"/record{query}"), 422)
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize(
+    ("name", "content", "status"),
+    [
+        ("text file", b"hello, this is not audio at all", 415),
+        ("empty file", b"", 415),
+        ("RIFF but not WAVE", b"RIFF\x10\x00\x00\x00AVI LIST", 415),
+        ("zero channels", wav_with_fmt(channels=0, block_align=2), 422),
+        ("zero rate", wav_with_fmt(rate=0), 422),
+        ("zero bits", wav_with_fmt(bits=0, block_align=2), 422),
+        ("block align mismatch", wav_with_fmt(block_align=3), 422),
+        ("mp3 inside wav", wav_with_fmt(tag=0x0055), 422),
+        ("no audio data", wav_with_fmt(data=b""), 422),
+        ("data size zero", wav_with_fmt(declared_data=0), 422),
+        ("truncated fmt", b"RIFF\x20\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00", 422),
+        ("no data chunk", wav_with_fmt()[:36], 422),
+        ("absurd rate", wav_with_fmt(rate=4_000_000), 422),
+    ],
+)
+async def test_bad_audio_is_refused_and_leaves_nothing(base_url, db, user, settings, name, content, status):
+    before = media_files(settings)
+    problem = assert_problem(await upload(base_url, user[0], user[1], content), status)
+    assert problem["detail"]
+    assert media_files(settings) == before
+    assert record_count(db) == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_header_claiming_more_data_than_sent_uses_the_real_size(base_url, db, user):
+    wav = make_wav(1.0, 8000, 1, 2)
+    patched = wav[:40] + (10**9).to_bytes(4, "little") + wav[44:]
+    assert (await upload(base_url, user[0], user[1], patched)).status == 201
+    ((duration,),) = sql(db, "SELECT duration FROM records")
+    assert abs(duration - 1.0) < 1e-6
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_form_errors(base_url, db, user, settings):
+    user_id, token = user
+    wav = make_wav(0.2)
+    cases = [
+        (await upload(base_url, user_id, token, wav, fields={"token": token}), 422, "user"),
+        (await upload(base_url, user_id, token, wav, fields={"user": "abc", "token": token}), 422, "user"),
+        (await upload(base_url, user_id, token, wav, fields={"user": "-3", "token": token}), 422, "user"),
+        (await upload(base_url, user_id, token, wav, fields={"user": str(user_id)}), 422, "token"),
+        (await upload(base_url, user_id, token, None), 422, "file"),
+        (await upload(base_url, 987654, token, wav), 404, None),
+        (await upload(base_url, user_id, "00000000-0000-4000-8000-000000000000", wav), 403, None),
+        (await upload(base_url, user_id, "not-a-token", wav), 403, None),
+    ]
+    for reply, status, field in cases:
+        problem = assert_problem(reply, status)
+        if field:
+            assert problem["errors"][0]["field"] == field
+    assert media_files(settings) == []
+    assert record_count(db) == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_body_that_is_not_multipart_is_400(base_url, db, user, settings):
+    assert_problem(await call(base_url, "POST", "/records", {"user": 1}), 400)
+    body, content_type = multipart(
+        {"user": str(user[0]), "token": user[1]}, {"file": ("a.wav", make_wav(0.2))}
+    )
+    truncated = body[: len(body) // 2]
+    assert_problem(
+        await call(base_url, "POST", "/records", raw=truncated, headers={"Content-Type": content_type}), 400
+    )
+    garbage = b"--nope\r\nthis is not a part\r\n"
+    assert_problem(
+        await call(base_url, "POST", "/records", raw=garbage, headers={"Content-Type": content_type}), 400
+    )
+    assert media_files(settings) == []
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(max_upload_bytes=100_000)
+async def test_too_large_upload_is_413_by_content_length(base_url, db, user, settings):
+    problem = assert_problem(await upload(base_url, user[0], user[1], make_wav(2.0)), 413)
+    assert "100000" in problem["detail"]
+    assert media_files(settings) == []
+    assert record_count(db) == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(max_upload_bytes=100_000)
+async def test_too_large_chunked_upload_is_413(base_url, db, user, settings):
+    body, content_type = multipart(
+        {"user": str(user[0]), "token": user[1]}, {"file": ("a.wav", make_wav(2.0))}
+    )
+
+    async def produce(write):
+        for start in range(0, len(body), 16_384):
+            await write(body[start : start + 16_384])
+
+    assert_problem(await post_streaming(f"{base_url}/records", content_type, produce), 413)
+    assert media_files(settings) == []
+
+
+@pytest.mark.gen_test(timeout=120)
+@pytest.mark.settings(convert_workers=2, convert_queue=8)
+async def test_concurrent_uploads_all_succeed(base_url, db, user):
+    replies = await asyncio.gather(*(upload(base_url, user[0], user[1], make_wav(1.0)) for _ in range(8)))
+    assert [reply.status for reply in replies] == [201] * 8
+    assert len({reply.json["id"] for reply in replies}) == 8
+    assert record_count(db) == 8
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(convert_workers=1, convert_queue=0)
+async def test_full_conversion_capacity_is_503_with_retry_after(base_url, db, user, app):
+    body, content_type = multipart(
+        {"user": str(user[0]), "token": user[1]}, {"file": ("a.wav", make_wav(0.5))}
+    )
+    release = asyncio.Event()
+
+    async def slow_producer(write):
+        await write(body[:1000])
+        await release.wait()
+        await write(body[1000:])
+
+    first = asyncio.ensure_future(post_streaming(f"{base_url}/records", content_type, slow_producer))
+    try:
+        # The first upload holds the only slot while its body trickles in.
+        await poll(lambda: app.settings["conversions"].reserved == 1)
+        refused = await upload(base_url, user[0], user[1], make_wav(0.2))
+        problem = assert_problem(refused, 503)
+        assert refused.headers["Retry-After"]
+        assert "capacity" in problem["detail"]
+        release.set()
+        assert (await first).status == 201
+    finally:
+        release.set()
+
+
+def test_start_up_removes_stale_temporary_files(tmp_path):
+    store = MediaStore(tmp_path / "media")
+    store.prepare()
+    (store.temp_dir / "left-by-a-crash.wav").write_bytes(b"partial")
+    (store.temp_dir / "half.mp3").write_bytes(b"partial")
+    kept = store.root / "ab" / "kept.mp3"
+    kept.parent.mkdir()
+    kept.write_bytes(b"mp3")
+    assert store.prepare() == 2
+    assert list(store.temp_dir.iterdir()) == []
+    assert kept.exists()
+
+
+def test_stored_names_are_server_generated(tmp_path):
+    assert re.fullmatch(r"[0-9a-f]{32}\.wav", MediaStore(tmp_path).new_temp_path(".wav").name)

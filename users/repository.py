@@ -1,0 +1,44 @@
+"""Database access for users: tokens are stored only as SHA-256 digests."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from typing import Any, Literal
+
+from models import User, in_transaction
+from quiz.repository import iso8601
+
+TokenCheck = Literal["ok", "unknown_user", "wrong_token"]
+
+
+def token_digest(token: str) -> str:
+    """The hex SHA-256 of a token, which is all the database keeps."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@in_transaction
+def create_user(name: str) -> tuple[int, str]:
+    """Store a user with a fresh uuid4 token; returns (id, token). The token is never stored."""
+    token = str(uuid.uuid4())
+    user = User.create(name=name, token_sha256=token_digest(token))
+    return user.id, token
+
+
+@in_transaction
+def find_user(user_id: int) -> dict[str, Any] | None:
+    """A user's public fields, or None."""
+    user = User.get_or_none(User.id == user_id)
+    if user is None:
+        return None
+    return {"id": user.id, "name": user.name, "created_at": iso8601(user.created_at)}
+
+
+@in_transaction
+def check_token(user_id: int, token: str) -> TokenCheck:
+    """Whether `token` belongs to the user, compared in constant time."""
+    stored = User.select(User.token_sha256).where(User.id == user_id).scalar()
+    if stored is None:
+        return "unknown_user"
+    return "ok" if hmac.compare_digest(stored, token_digest(token)) else "wrong_token"
