@@ -57,6 +57,16 @@ def invalid(field: str, message: str) -> ApiError:
     )
 
 
+def sole_field(body: dict[str, Any], name: str) -> Any:
+    """The value of the only field a body may have; 422 for a missing or an unknown field."""
+    unknown = sorted(set(body) - {name})
+    if unknown:
+        raise invalid(unknown[0], f"unknown field; the only field is {name}")
+    if name not in body:
+        raise invalid(name, "is required")
+    return body[name]
+
+
 def storable_text(text: str) -> bool:
     """Whether PostgreSQL can store the string: no NUL, valid UTF-8 (no lone surrogates)."""
     try:

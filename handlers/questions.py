@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import ApiError, BaseHandler, invalid
+from handlers.base import ApiError, BaseHandler, invalid, sole_field
 from quiz.repository import list_questions
 from quiz.service import Budget, QuestionsShortfall, store_new_questions
 
@@ -14,12 +14,7 @@ MAX_PAGE = 1000
 
 def parse_questions_num(body: dict[str, Any], maximum: int) -> int:
     """The validated `questions_num` of a POST /questions body."""
-    unknown = sorted(set(body) - {"questions_num"})
-    if unknown:
-        raise invalid(unknown[0], "unknown field; the only field is questions_num")
-    if "questions_num" not in body:
-        raise invalid("questions_num", "is required")
-    value = body["questions_num"]
+    value = sole_field(body, "questions_num")
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
         raise invalid("questions_num", f"must be an integer from 0 to {maximum}")
     return value

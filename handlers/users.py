@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import ApiError, BaseHandler, invalid, storable_text
+from handlers.base import ApiError, BaseHandler, invalid, sole_field, storable_text
 from users.repository import create_user, find_user
 
 MAX_NAME_CHARS = 100
@@ -12,12 +12,7 @@ MAX_NAME_CHARS = 100
 
 def parse_user_name(body: dict[str, Any]) -> str:
     """The validated, trimmed `name` of a POST /users body."""
-    unknown = sorted(set(body) - {"name"})
-    if unknown:
-        raise invalid(unknown[0], "unknown field; the only field is name")
-    if "name" not in body:
-        raise invalid("name", "is required")
-    name = body["name"]
+    name = sole_field(body, "name")
     if not isinstance(name, str) or not 1 <= len(name.strip()) <= MAX_NAME_CHARS:
         raise invalid("name", f"must be a string of 1 to {MAX_NAME_CHARS} characters")
     if not storable_text(name):
