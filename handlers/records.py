@@ -121,6 +121,9 @@ class RecordUploadHandler(BaseHandler):
             raise ApiError(422, str(error)) from None
         except ConversionTimeout as error:
             raise ApiError(503, str(error), headers=RETRY_AFTER) from None
+        except OSError as error:
+            log.error("cannot store a conversion: %s", error)
+            raise ApiError(503, "the record cannot be stored right now", headers=RETRY_AFTER) from None
 
     def _public_base(self) -> str:
         return self.config.public_url or f"{self.request.protocol}://{self.request.host}"

@@ -303,3 +303,12 @@ def test_start_up_removes_stale_temporary_files(tmp_path):
 
 def test_stored_names_are_server_generated(tmp_path):
     assert re.fullmatch(r"[0-9a-f]{32}\.wav", MediaStore(tmp_path).new_temp_path(".wav").name)
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(convert_timeout=0.05)
+async def test_conversion_over_its_time_limit_is_killed_and_refused(base_url, db, user, settings):
+    problem = assert_problem(await upload(base_url, user[0], user[1], make_wav(30.0, 48000, 2, 2)), 503)
+    assert "longer than" in problem["detail"]
+    assert media_files(settings) == []
+    assert record_count(db) == 0

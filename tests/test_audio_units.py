@@ -1,0 +1,61 @@
+"""The pieces of the audio path that need no server: names, headers, ffmpeg discovery."""
+
+from __future__ import annotations
+
+import pytest
+
+from converters.ffmpeg import FfmpegMissing, find_ffmpeg
+from converters.mp3 import mp3_sample_rate
+from records.names import content_disposition, sanitize_filename
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("take.wav", "take.wav"),
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\me\\song.wav", "song.wav"),
+        ("bad\x00name\x1f.wav", "badname.wav"),
+        ('quote"d.wav', "quoted.wav"),
+        ("line\r\nbreak.wav", "linebreak.wav"),
+        ("", ""),
+        (None, ""),
+        ("..", ""),
+    ],
+)
+def test_client_file_names_are_sanitised(raw, clean):
+    assert sanitize_filename(raw) == clean
+
+
+def test_very_long_names_are_cut():
+    assert len(sanitize_filename("a" * 10_000 + ".wav")) == 255
+    assert content_disposition("a" * 10_000) == f'attachment; filename="{"a" * 120}.mp3"'
+
+
+@pytest.mark.parametrize(
+    ("original", "header"),
+    [
+        ("take.wav", 'attachment; filename="take.mp3"'),
+        ("", 'attachment; filename="record.mp3"'),
+        ("semi;colon.wav", "attachment; filename=\"semi_colon.mp3\"; filename*=UTF-8''semi%3Bcolon.mp3"),
+        ("Größe.wav", "attachment; filename=\"Gr__e.mp3\"; filename*=UTF-8''Gr%C3%B6%C3%9Fe.mp3"),
+    ],
+)
+def test_content_disposition_follows_rfc_6266(original, header):
+    assert content_disposition(original) == header
+
+
+def test_ffmpeg_is_found_without_configuration():
+    assert find_ffmpeg(None)
+
+
+def test_a_configured_ffmpeg_must_exist():
+    with pytest.raises(FfmpegMissing, match="FFMPEG_BINARY"):
+        find_ffmpeg("/nonexistent/ffmpeg")
+
+
+@pytest.mark.parametrize(
+    ("rate", "expected"), [(8000, 8000), (44100, 44100), (96000, 48000), (9000, 8000), (30000, 32000)]
+)
+def test_rates_mp3_lacks_map_to_the_nearest(rate, expected):
+    assert mp3_sample_rate(rate) == expected
