@@ -7,10 +7,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 from urllib.parse import urlsplit
-
-T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -105,45 +103,47 @@ def _log_level(value: str) -> str:
     return level
 
 
-def _read(environ: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return parse(raw)
-    except ValueError as error:
-        raise ConfigError(f"{name}={raw!r}: {error}") from None
+def _path(value: str) -> Path:
+    return Path(_text(value))
+
+
+# Every environment variable the service reads: (Settings field, parser).
+VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "DATABASE_URL": ("database_url", _postgres_url),
+    "HOST": ("host", _text),
+    "PORT": ("port", _int_in(0, 65535)),
+    "DATA_DIR": ("data_dir", _path),
+    "JSERVICE_URL": ("jservice_url", _http_url),
+    "JSERVICE_TIMEOUT": ("jservice_timeout", _seconds),
+    "JSERVICE_MAX_CALLS": ("jservice_max_calls", _int_in(1, 1000)),
+    "JSERVICE_BUDGET_SECONDS": ("jservice_budget_seconds", _seconds),
+    "MAX_QUESTIONS_NUM": ("max_questions_num", _int_in(0, 100_000)),
+    "DB_WAIT_SECONDS": ("db_wait_seconds", _seconds),
+    "DB_POOL_SIZE": ("db_pool_size", _int_in(1, 200)),
+    "SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", _seconds),
+    "LOG_LEVEL": ("log_level", _log_level),
+    "MEDIA_DIR": ("media_dir", _path),
+    "PUBLIC_URL": ("public_url", _http_url),
+    "MAX_UPLOAD_BYTES": ("max_upload_bytes", _int_in(1024, 2**40)),
+    "UPLOAD_TIMEOUT": ("upload_timeout", _seconds),
+    "CONVERT_WORKERS": ("convert_workers", _int_in(1, 256)),
+    "CONVERT_QUEUE": ("convert_queue", _int_in(0, 10_000)),
+    "CONVERT_TIMEOUT": ("convert_timeout", _seconds),
+    "MP3_BITRATE": ("mp3_bitrate", _bitrate),
+    "FFMPEG_BINARY": ("ffmpeg_binary", _text),
+}
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from environment variables, raising ConfigError on the first bad one."""
     env = os.environ if environ is None else environ
-    defaults = Settings()
-    return Settings(
-        database_url=_read(env, "DATABASE_URL", _postgres_url, defaults.database_url),
-        host=_read(env, "HOST", _text, defaults.host),
-        port=_read(env, "PORT", _int_in(0, 65535), defaults.port),
-        data_dir=_read(env, "DATA_DIR", lambda v: Path(_text(v)), defaults.data_dir),
-        jservice_url=_read(env, "JSERVICE_URL", _http_url, defaults.jservice_url),
-        jservice_timeout=_read(env, "JSERVICE_TIMEOUT", _seconds, defaults.jservice_timeout),
-        jservice_max_calls=_read(env, "JSERVICE_MAX_CALLS", _int_in(1, 1000), defaults.jservice_max_calls),
-        jservice_budget_seconds=_read(
-            env, "JSERVICE_BUDGET_SECONDS", _seconds, defaults.jservice_budget_seconds
-        ),
-        max_questions_num=_read(env, "MAX_QUESTIONS_NUM", _int_in(0, 100_000), defaults.max_questions_num),
-        db_wait_seconds=_read(env, "DB_WAIT_SECONDS", _seconds, defaults.db_wait_seconds),
-        db_pool_size=_read(env, "DB_POOL_SIZE", _int_in(1, 200), defaults.db_pool_size),
-        shutdown_grace_seconds=_read(
-            env, "SHUTDOWN_GRACE_SECONDS", _seconds, defaults.shutdown_grace_seconds
-        ),
-        log_level=_read(env, "LOG_LEVEL", _log_level, defaults.log_level),
-        media_dir=_read(env, "MEDIA_DIR", lambda v: Path(_text(v)), defaults.media_dir),
-        public_url=_read(env, "PUBLIC_URL", _http_url, defaults.public_url),
-        max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", _int_in(1024, 2**40), defaults.max_upload_bytes),
-        upload_timeout=_read(env, "UPLOAD_TIMEOUT", _seconds, defaults.upload_timeout),
-        convert_workers=_read(env, "CONVERT_WORKERS", _int_in(1, 256), defaults.convert_workers),
-        convert_queue=_read(env, "CONVERT_QUEUE", _int_in(0, 10_000), defaults.convert_queue),
-        convert_timeout=_read(env, "CONVERT_TIMEOUT", _seconds, defaults.convert_timeout),
-        mp3_bitrate=_read(env, "MP3_BITRATE", _bitrate, defaults.mp3_bitrate),
-        ffmpeg_binary=_read(env, "FFMPEG_BINARY", _text, defaults.ffmpeg_binary),
-    )
+    values: dict[str, Any] = {}
+    for name, (field_name, parse) in VARIABLES.items():
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[field_name] = parse(raw)
+        except ValueError as error:
+            raise ConfigError(f"{name}={raw!r}: {error}") from None
+    return Settings(**values)

@@ -31,6 +31,15 @@ DatabaseUnavailable = (peewee.OperationalError, peewee.InterfaceError)
 NOW = peewee.SQL("DEFAULT now()")
 
 
+def storable_text(text: str) -> bool:
+    """Whether PostgreSQL can store the string: no NUL, valid UTF-8 (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
 class BaseModel(peewee.Model):
     """Models live in the proxied database."""
 

@@ -20,6 +20,7 @@ from converters.pool import ConversionPool
 from embedded_db import start_embedded_postgres
 from handlers import ROUTES
 from handlers.base import MAX_JSON_BYTES, NotFoundHandler
+from handlers.docs import load_openapi_document
 from models import bind_database, create_tables, database, open_database
 from quiz.upstream import JServiceClient
 from records.storage import MediaStore
@@ -55,6 +56,7 @@ def make_app(settings: Settings) -> Application:
         conversions=ConversionPool(settings.convert_workers, settings.convert_queue),
         media=media,
         mp3=Mp3Settings(find_ffmpeg(settings.ffmpeg_binary), settings.mp3_bitrate, settings.convert_timeout),
+        openapi=load_openapi_document(),
         in_flight=InFlight(),
     )
 

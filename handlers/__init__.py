@@ -1,15 +1,22 @@
 """HTTP handlers, one module per resource; `ROUTES` lists every path the service answers."""
 
+from typing import Any
+
+from handlers.docs import SWAGGER_UI_DIR, DocsAssetHandler, DocsHandler, OpenApiHandler
 from handlers.health import HealthHandler
 from handlers.questions import QuestionsHandler
 from handlers.records import RecordDownloadHandler, RecordUploadHandler
 from handlers.users import UserHandler, UsersHandler
 
-ROUTES = [
+ROUTES: list[tuple[str, Any] | tuple[str, Any, dict[str, Any]]] = [
     (r"/health", HealthHandler),
     (r"/questions", QuestionsHandler),
     (r"/users", UsersHandler),
     (r"/users/([0-9]+)", UserHandler),
     (r"/records", RecordUploadHandler),
     (r"/record", RecordDownloadHandler),
+    (r"/openapi.yaml", OpenApiHandler, {"as_json": False}),
+    (r"/openapi.json", OpenApiHandler, {"as_json": True}),
+    (r"/docs", DocsHandler),
+    (r"/docs/static/(.+)", DocsAssetHandler, {"path": SWAGGER_UI_DIR}),
 ]

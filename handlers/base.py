@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
@@ -12,7 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
-from tornado.web import HTTPError, RequestHandler, stream_request_body
+from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
 from config import Settings
 from converters.mp3 import Mp3Settings
@@ -28,6 +29,7 @@ R = TypeVar("R")
 log = logging.getLogger("api")
 
 MAX_JSON_BYTES = 64 * 1024
+ASCII_INTEGER = re.compile(r"-?[0-9]{1,19}")
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 
@@ -65,15 +67,6 @@ def sole_field(body: dict[str, Any], name: str) -> Any:
     if name not in body:
         raise invalid(name, "is required")
     return body[name]
-
-
-def storable_text(text: str) -> bool:
-    """Whether PostgreSQL can store the string: no NUL, valid UTF-8 (no lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in text
 
 
 @stream_request_body
@@ -175,7 +168,7 @@ class BaseHandler(RequestHandler):
         super().on_connection_close()
         self._leave()
 
-    def compute_etag(self) -> None:
+    def compute_etag(self) -> str | None:
         """No ETags: API answers are live data, sent with no-store."""
         return None
 
@@ -188,7 +181,7 @@ class BaseHandler(RequestHandler):
         """The request body as a JSON object; 400 when it is not one."""
         try:
             body = json.loads(self._body)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise ApiError(400, "the request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
@@ -200,7 +193,7 @@ class BaseHandler(RequestHandler):
         if not values:
             return default
         raw = values[-1].decode("utf-8", "replace").strip()
-        if not raw.lstrip("-").isdigit() or not minimum <= int(raw) <= maximum:
+        if not ASCII_INTEGER.fullmatch(raw) or not minimum <= int(raw) <= maximum:
             raise invalid(name, f"must be an integer from {minimum} to {maximum}")
         return int(raw)
 
@@ -246,7 +239,8 @@ class BaseHandler(RequestHandler):
         self.set_status(status_code)
         self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Type", PROBLEM_CONTENT_TYPE)
-        self.finish(json.dumps({**problem, **(extra or {})}, ensure_ascii=False).encode())
+        # ASCII escapes, so that even a field name with a lone surrogate can be reported.
+        self.finish(json.dumps({**problem, **(extra or {})}).encode())
 
     def _problem_detail(self, status_code: int, error: BaseException | None) -> str:
         if isinstance(error, ApiError):
@@ -266,6 +260,25 @@ class BaseHandler(RequestHandler):
             for method in self.SUPPORTED_METHODS
             if getattr(type(self), method.lower()) is not getattr(RequestHandler, method.lower())
         ]
+
+
+class StaticBaseHandler(BaseHandler, StaticFileHandler):
+    """StaticFileHandler's file serving (Range, HEAD, 304) with this API's problem documents."""
+
+    def initialize(self, path: str) -> None:  # type: ignore[override]
+        """Serve files below `path`."""
+        BaseHandler.initialize(self)
+        StaticFileHandler.initialize(self, path)
+
+    def compute_etag(self) -> str | None:
+        """StaticFileHandler's content hash (the base handler sends no ETags)."""
+        return StaticFileHandler.compute_etag(self)
+
+    async def get(self, path: str, include_body: bool = True) -> None:
+        """Send the file; an unsatisfiable range becomes a problem document too."""
+        await StaticFileHandler.get(self, path, include_body)
+        if self.get_status() == 416 and not self._finished:
+            self.write_problem(416, "the requested range is not satisfiable")
 
 
 def _phrase(status_code: int) -> str:

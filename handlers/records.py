@@ -8,11 +8,9 @@ import re
 import uuid
 from typing import Any
 
-from tornado.web import StaticFileHandler
-
 from converters.mp3 import ConversionFailed, ConversionTimeout
 from converters.wav import InvalidWav, NotWav
-from handlers.base import ApiError, BaseHandler, invalid
+from handlers.base import ApiError, BaseHandler, StaticBaseHandler, invalid
 from records.names import content_disposition, sanitize_filename
 from records.repository import find_record, insert_record
 from records.storage import convert_into_store
@@ -150,21 +148,18 @@ class RecordUploadHandler(BaseHandler):
                 form.file_path.unlink()
 
 
-class RecordDownloadHandler(BaseHandler, StaticFileHandler):
+class RecordDownloadHandler(StaticBaseHandler):
     """GET/HEAD /record?id=&user=: Tornado's static file serving (Range, 304, HEAD) for one record."""
 
     def initialize(self) -> None:  # type: ignore[override]
         """Serve from the media directory."""
-        BaseHandler.initialize(self)
-        self.root = str(self.media.root)
-        self.default_filename = None
+        super().initialize(str(self.media.root))
         self._record: dict[str, Any] = {}
 
     async def get(self, include_body: bool = True) -> None:  # type: ignore[override]
         """Look the record up, then let StaticFileHandler send it."""
-        raw_id = self.get_query_argument("id", None)
         try:
-            record_id = uuid.UUID(raw_id or "")
+            record_id = uuid.UUID(self.get_query_argument("id", None) or "")
         except ValueError:
             raise invalid("id", "must be a record UUID") from None
         user_id = parse_user_id(self.get_query_argument("user", None))
@@ -172,15 +167,13 @@ class RecordDownloadHandler(BaseHandler, StaticFileHandler):
         if record is None:
             raise ApiError(404, "there is no such record for this user")
         self._record = record
-        await StaticFileHandler.get(self, record["path"], include_body)
-        if self.get_status() == 416 and not self._finished:
-            self.write_problem(416, "the requested range is not satisfiable")
+        await super().get(record["path"], include_body)
 
     async def head(self) -> None:  # type: ignore[override]
         """The headers of GET, without the body."""
         await self.get(include_body=False)
 
-    def compute_etag(self) -> str:  # type: ignore[override]
+    def compute_etag(self) -> str:
         """The record id: the file never changes, so there is no need to hash it."""
         return f'"{self._record["id"]}"'
 

@@ -11,6 +11,8 @@ from typing import Any, Literal, TypeGuard
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.simple_httpclient import HTTPTimeoutError
 
+from models import storable_text
+
 MAX_BATCH = 100
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -122,9 +124,13 @@ def parse_clue(item: Any) -> Clue | None:
         return None
     if not question.strip() or not answer.strip() or not 0 < jservice_id < 2**63:
         return None
+    if not storable_text(question + answer):
+        return None
     category = item.get("category")
     title = category.get("title") if isinstance(category, dict) else None
     value = item.get("value")
+    if isinstance(title, str) and not storable_text(title):
+        title = None
     return Clue(
         jservice_id=jservice_id,
         question=question.strip(),

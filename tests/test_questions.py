@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from quiz.upstream import parse_clue
 from tests.support import assert_problem, call, sql
 
 
@@ -241,3 +242,55 @@ async def test_listing_is_newest_first_with_total(base_url, db):
 @pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=abc", "offset=-1", "offset=1.5"])
 async def test_bad_paging_is_422(base_url, db, query):
     assert_problem(await call(base_url, "GET", f"/questions?{query}"), 422)
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("raw", [b"[" * 30_000 + b"]" * 30_000, b'{"a":' * 9_000 + b"1" + b"}" * 9_000])
+async def test_absurdly_nested_json_is_400(base_url, db, raw):
+    assert_problem(await call(base_url, "POST", "/questions", raw=raw), 400)
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("query", ["limit=%C2%B2", "limit=%D9%A3", "offset=99999999999999999999999"])
+async def test_non_ascii_or_huge_digits_in_paging_are_422(base_url, db, query):
+    assert_problem(await call(base_url, "GET", f"/questions?{query}"), 422)
+
+
+@pytest.mark.gen_test
+async def test_a_field_name_that_is_a_lone_surrogate_is_reported(base_url, db):
+    problem = assert_problem(
+        await call(base_url, "POST", "/questions", raw=b'{"questions_num":1,"\\ud800":1}'), 422
+    )
+    assert problem["errors"][0]["field"] == "\ud800"
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"id": 1, "question": "\ud800", "answer": "a"},
+        {"id": 1, "question": "q\x00", "answer": "a"},
+        {"id": True, "question": "q", "answer": "a"},
+        {"id": 0, "question": "q", "answer": "a"},
+        {"id": 2**63, "question": "q", "answer": "a"},
+        {"id": 1, "question": "q", "answer": 5},
+        {"id": 1, "question": " ", "answer": "a"},
+        "not an object",
+    ],
+)
+def test_unusable_upstream_clues_are_dropped(item):
+    assert parse_clue(item) is None
+
+
+def test_odd_optional_upstream_fields_become_null():
+    clue = parse_clue(
+        {
+            "id": 7,
+            "question": "q",
+            "answer": "a",
+            "value": "200",
+            "airdate": "yesterday",
+            "category": {"title": 5},
+        }
+    )
+    assert clue is not None
+    assert (clue.value, clue.airdate, clue.category, clue.created_at) == (None, None, None, None)
