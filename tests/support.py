@@ -17,6 +17,8 @@ from typing import Any
 import psycopg2
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
+from tests.contract import check_response
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -65,9 +67,11 @@ async def call(
     )
     client = AsyncHTTPClient(force_instance=True)
     try:
-        return reply_of(await client.fetch(request, raise_error=False))
+        reply = reply_of(await client.fetch(request, raise_error=False))
     finally:
         client.close()
+    check_response(method, base_url + path, headers, reply.status, reply.headers, reply.body)
+    return reply
 
 
 async def post_streaming(
