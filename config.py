@@ -41,6 +41,8 @@ class Settings:
     convert_timeout: float = 300.0
     mp3_bitrate: str = "192k"
     ffmpeg_binary: str | None = None
+    http_idle_timeout: float = 60.0
+    http_body_timeout: float = 60.0
 
     @property
     def media_root(self) -> Path:
@@ -131,6 +133,8 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CONVERT_TIMEOUT": ("convert_timeout", _seconds),
     "MP3_BITRATE": ("mp3_bitrate", _bitrate),
     "FFMPEG_BINARY": ("ffmpeg_binary", _text),
+    "HTTP_IDLE_TIMEOUT": ("http_idle_timeout", _seconds),
+    "HTTP_BODY_TIMEOUT": ("http_body_timeout", _seconds),
 }
 
 

@@ -23,6 +23,7 @@ from handlers.base import MAX_JSON_BYTES, NotFoundHandler
 from handlers.docs import load_openapi_document
 from models import bind_database, create_tables, database, open_database
 from quiz.upstream import JServiceClient
+from records.repository import record_paths
 from records.storage import MediaStore
 from runtime import InFlight, log_request
 
@@ -30,8 +31,6 @@ log = logging.getLogger("server")
 
 UPSTREAM_MAX_CLIENTS = 100
 UPSTREAM_MAX_BODY_BYTES = 8 * 1024 * 1024
-IDLE_CONNECTION_SECONDS = 60
-BODY_TIMEOUT_SECONDS = 60
 LISTEN_BACKLOG = 1024
 
 
@@ -61,15 +60,24 @@ def make_app(settings: Settings) -> Application:
     )
 
 
-def make_server(app: Application) -> HTTPServer:
-    """An HTTP server for `app` with the service's connection limits."""
+def make_server(app: Application, settings: Settings) -> HTTPServer:
+    """An HTTP server for `app` with the service's connection limits. Tornado uses the idle timeout
+    for a request's headers too, so a client sending them a byte at a time is dropped after it."""
     return HTTPServer(
         app,
         # Above every handler's own cap, so handlers answer 413 themselves before Tornado cuts in.
         max_body_size=MAX_JSON_BYTES * 16,
-        idle_connection_timeout=IDLE_CONNECTION_SECONDS,
-        body_timeout=BODY_TIMEOUT_SECONDS,
+        idle_connection_timeout=settings.http_idle_timeout,
+        body_timeout=settings.http_body_timeout,
     )
+
+
+def prepare_storage(app: Application, wait_seconds: float) -> None:
+    """Start-up work before listening (blocking): create the tables, waiting for the database,
+    then delete MP3s that a crash left without a row."""
+    create_tables(wait_seconds)
+    media: MediaStore = app.settings["media"]
+    media.remove_orphans(record_paths())
 
 
 def close_app(app: Application) -> None:
@@ -83,8 +91,8 @@ def close_app(app: Application) -> None:
 async def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then let in-flight requests finish within the grace period."""
     app = make_app(settings)
-    await asyncio.get_running_loop().run_in_executor(None, create_tables, settings.db_wait_seconds)
-    server = make_server(app)
+    await asyncio.get_running_loop().run_in_executor(None, prepare_storage, app, settings.db_wait_seconds)
+    server = make_server(app, settings)
     server.listen(settings.port, settings.host, backlog=LISTEN_BACKLOG)
     log.info("listening on http://%s:%d", settings.host, settings.port)
     stopping = asyncio.Event()

@@ -23,6 +23,12 @@ def insert_record(audio: StoredAudio, user_id: int, original_name: str) -> None:
 
 
 @in_transaction
+def record_paths() -> set[str]:
+    """The relative paths of every stored record."""
+    return {record.path for record in Record.select(Record.path)}
+
+
+@in_transaction
 def find_record(record_id: uuid.UUID, user_id: int) -> dict[str, Any] | None:
     """The record with this id if it belongs to this user, else None."""
     record = Record.get_or_none((Record.id == record_id) & (Record.user == user_id))

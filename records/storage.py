@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,10 @@ class MediaStore:
         self.temp_dir = self.root / TEMP_DIR_NAME
 
     def prepare(self) -> int:
-        """Create the directories and delete temporary files a previous run left; returns how many."""
+        """Create the directories, stop ffmpeg processes a killed predecessor left writing into the
+        temporary directory, and delete the temporary files it left; returns how many files."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
+        stop_processes_using(self.temp_dir)
         stale = [path for path in self.temp_dir.iterdir() if path.is_file()]
         for path in stale:
             path.unlink(missing_ok=True)
@@ -47,6 +50,20 @@ class MediaStore:
     def new_temp_path(self, suffix: str) -> Path:
         """A fresh, unused path in the temporary directory."""
         return self.temp_dir / f"{uuid.uuid4().hex}{suffix}"
+
+    def remove_orphans(self, known: set[str]) -> int:
+        """Delete MP3s no row points at (a crash between rename and insert); returns how many.
+        Only safe while nothing is being stored, i.e. at start-up."""
+        orphans = [
+            path
+            for path in self.root.glob("*/*.mp3")
+            if path.parent != self.temp_dir and path.relative_to(self.root).as_posix() not in known
+        ]
+        for path in orphans:
+            path.unlink(missing_ok=True)
+        if orphans:
+            log.info("removed %d MP3 files that no record points at", len(orphans))
+        return len(orphans)
 
     def absolute(self, relative: str) -> Path:
         """The file behind a stored relative path."""
@@ -66,6 +83,21 @@ class MediaStore:
         os.replace(temp, final)
         _fsync_directory(final.parent)
         return relative
+
+
+def stop_processes_using(directory: Path) -> None:
+    """SIGKILL processes whose command line names a file in `directory` (Linux /proc; elsewhere a no-op).
+    A SIGKILLed server cannot stop its ffmpeg children, which would go on writing there."""
+    marker = f"{directory}/".encode()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes():
+                pid = int(cmdline.parent.name)
+                if pid != os.getpid():
+                    os.kill(pid, signal.SIGKILL)
+                    log.warning("stopped process %d left writing into %s", pid, directory)
+        except (OSError, ValueError):
+            continue
 
 
 def _fsync_directory(path: Path) -> None:

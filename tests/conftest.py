@@ -100,7 +100,7 @@ def http_server(
     request: pytest.FixtureRequest, io_loop: object, _unused_port: tuple[socket.socket, int]
 ) -> Iterator[object]:
     """The app behind the same HTTPServer options `main()` uses (replaces pytest-tornado's)."""
-    server = make_server(request.getfixturevalue("app"))
+    server = make_server(request.getfixturevalue("app"), request.getfixturevalue("settings"))
     server.add_sockets([_unused_port[0]])
     yield server
     server.stop()
