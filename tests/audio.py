@@ -73,6 +73,11 @@ def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tu
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+def upload_form(user: dict[str, object], wav: bytes, filename: str = "a.wav") -> tuple[bytes, str]:
+    """The POST /records body for a user (as POST /users answered it) and a WAV."""
+    return multipart({"user": str(user["id"]), "token": str(user["token"])}, {"file": (filename, wav)})
+
+
 def decode_mp3(path: Path) -> AudioSegment:
     """Decode an MP3 with pydub over the same ffmpeg the service uses."""
     AudioSegment.converter = find_ffmpeg(None)

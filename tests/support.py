@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from tests.contract import check_response
 
@@ -92,6 +92,18 @@ async def post_streaming(
         client.close()
 
 
+# What a client sees when the server goes away mid-request.
+CONNECTION_LOST = (OSError, HTTPClientError)
+
+
+async def post_form(base_url: str, form: tuple[bytes, str], timeout: float = 30) -> Reply:
+    """POST /records with a (body, content type) pair from `tests.audio.upload_form`."""
+    body, content_type = form
+    return await call(
+        base_url, "POST", "/records", raw=body, headers={"Content-Type": content_type}, timeout=timeout
+    )
+
+
 def assert_problem(reply: Reply, status: int) -> dict[str, Any]:
     """The reply is an RFC 9457 problem document with this status; return it."""
     assert reply.status == status, (reply.status, reply.body)
@@ -139,7 +151,50 @@ async def poll(check: Callable[[], Any], deadline: float = 10.0, interval: float
 def start_server_process(env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """`python server.py` as the image runs it, with exactly `env` (plus PATH) as its environment."""
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "server.py"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
         )
+
+
+async def answers_health(base_url: str) -> bool:
+    """Whether the server at `base_url` is up and its database answers."""
+    try:
+        return (await call(base_url, "GET", "/health", timeout=2)).status == 200
+    except OSError:
+        return False
+
+
+@dataclass
+class ServerProcess:
+    """A server started as a separate process, the way the image starts it."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+async def serve_process(env: Mapping[str, str], log_path: Path, port: int | None = None) -> ServerProcess:
+    """Start `python server.py` on a free loopback port and wait until it is healthy."""
+    port = port or free_port()
+    process = start_server_process({"HOST": "127.0.0.1", **env, "PORT": str(port)}, log_path)
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        await poll(lambda: answers_health(server.base_url), deadline=60)
+    except AssertionError:
+        server.stop()
+        raise AssertionError(f"the server did not become healthy:\n{server.log}") from None
+    return server

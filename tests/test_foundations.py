@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from config import ConfigError, Settings, load_settings
-from tests.support import ROOT, assert_problem, call, free_port, poll, start_server_process
+from tests.support import ROOT, assert_problem, call, free_port, poll, serve_process, start_server_process
 
 DEAD_DATABASE = "postgresql://postgres@127.0.0.1:1/nothing"
 
@@ -106,28 +106,17 @@ def test_unreachable_database_stops_start_up_after_the_wait(tmp_path):
 
 @pytest.mark.gen_test(timeout=90)
 async def test_server_process_serves_and_drains_on_sigterm(database_url, standin, tmp_path):
-    port = free_port()
     standin.behaviour.latency = 1.0
-    env = {"DATABASE_URL": database_url, "PORT": str(port), "HOST": "127.0.0.1", "JSERVICE_URL": standin.url}
-    process = start_server_process(env, tmp_path / "server.log")
-    base_url = f"http://127.0.0.1:{port}"
+    env = {"DATABASE_URL": database_url, "JSERVICE_URL": standin.url, "DATA_DIR": str(tmp_path)}
+    server = await serve_process(env, tmp_path / "server.log")
     try:
-        await poll(lambda: _healthy(base_url), deadline=60)
-        in_flight = asyncio.ensure_future(call(base_url, "POST", "/questions", {"questions_num": 1}))
+        in_flight = asyncio.ensure_future(call(server.base_url, "POST", "/questions", {"questions_num": 1}))
         await poll(lambda: standin.behaviour.requested_counts)
-        process.send_signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         reply = await in_flight
         assert reply.status == 200
-        await poll(lambda: process.poll() is not None, deadline=30)
-        assert process.returncode == 0
+        await poll(lambda: server.process.poll() is not None, deadline=30)
+        assert server.process.returncode == 0
     finally:
-        process.kill()
-    log = (tmp_path / "server.log").read_text()
-    assert "POST /questions 200" in log
-
-
-async def _healthy(base_url: str) -> bool:
-    try:
-        return (await call(base_url, "GET", "/health", timeout=2)).status == 200
-    except OSError:
-        return False
+        server.stop()
+    assert "POST /questions 200" in server.log
