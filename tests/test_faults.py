@@ -35,9 +35,8 @@ class Cluster:
         self.url: str = self.server.get_uri()
 
     def stop(self) -> None:
-        postgres_server.pg_ctl(
-            ["-w", "stop", "-m", "fast"], pgdata=self.server.pgdata, user=self.server.system_user
-        )
+        pg_ctl = postgres_server.pg_ctl  # type: ignore[attr-defined]  # pgserver makes it at import time
+        pg_ctl(["-w", "stop", "-m", "fast"], pgdata=self.server.pgdata, user=self.server.system_user)
 
     def start(self) -> None:
         self.server.ensure_postgres_running()
