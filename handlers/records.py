@@ -6,6 +6,7 @@ import contextlib
 import logging
 import re
 import uuid
+from asyncio import Future
 from typing import Any
 
 from converters.mp3 import ConversionFailed, ConversionTimeout
@@ -126,10 +127,11 @@ class RecordUploadHandler(BaseHandler):
     def _public_base(self) -> str:
         return self.config.public_url or f"{self.request.protocol}://{self.request.host}"
 
-    def on_finish(self) -> None:
-        """Free the slot and delete the uploaded WAV, whatever happened."""
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        """Free the slot and delete the uploaded WAV before any answer leaves, whatever happened,
+        so a client that has its answer never sees the upload's leftovers."""
         self._clean_up()
-        super().on_finish()
+        return super().finish(chunk)
 
     def on_connection_close(self) -> None:
         """The client went away: the same clean-up."""
