@@ -52,6 +52,21 @@ async def call(
     headers: dict[str, str] | None = None,
     timeout: float = 30,
 ) -> Reply:
+    """One request to the service, its answer checked against openapi.yaml."""
+    reply = await fetch(base_url, method, path, body, raw, headers, timeout)
+    check_response(method, base_url + path, headers, reply.status, reply.headers, reply.body)
+    return reply
+
+
+async def fetch(
+    base_url: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> Reply:
     """One request with a fresh client; `body` is sent as JSON, `raw` as is."""
     if raw is None and body is not None:
         raw = json.dumps(body).encode()
@@ -67,11 +82,9 @@ async def call(
     )
     client = AsyncHTTPClient(force_instance=True)
     try:
-        reply = reply_of(await client.fetch(request, raise_error=False))
+        return reply_of(await client.fetch(request, raise_error=False))
     finally:
         client.close()
-    check_response(method, base_url + path, headers, reply.status, reply.headers, reply.body)
-    return reply
 
 
 async def post_streaming(
@@ -198,3 +211,25 @@ async def serve_process(env: Mapping[str, str], log_path: Path, port: int | None
         server.stop()
         raise AssertionError(f"the server did not become healthy:\n{server.log}") from None
     return server
+
+
+def standin_process(log_path: Path, pool_size: int = 1_000_000) -> tuple[subprocess.Popen[bytes], str]:
+    """The jService stand-in as its own process; returns it and its URL once it listens."""
+    port = free_port()
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "jservice", "--port", str(port), "--pool-size", str(pool_size)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    async def listening() -> bool:
+        try:
+            return (await fetch(url, "GET", "/api/random?count=0", timeout=2)).status == 200
+        except OSError:
+            return False
+
+    asyncio.run(poll(listening, deadline=30))
+    return process, url
