@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STANDIN_PORT ?= 8001
 
-.PHONY: test lint run standin clean
+.PHONY: test lint run standin clean bench bench-quick
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ run: $(BIN)/.installed
 
 standin: $(BIN)/.installed
 	$(BIN)/python -m jservice --host 0.0.0.0 --port $(STANDIN_PORT)
+
+# Benchmarks (README "Performance"); wrk and nginx are used when installed: apt-get install wrk nginx
+bench: $(BIN)/.installed
+	$(BIN)/python bench/run.py
+
+bench-quick: $(BIN)/.installed
+	$(BIN)/python bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -15,7 +15,7 @@ from tornado.web import Application
 
 from config import ConfigError, Settings, load_settings
 from converters.ffmpeg import find_ffmpeg
-from converters.mp3 import Mp3Settings
+from converters.mp3 import Mp3Settings, kill_running_conversions
 from converters.pool import ConversionPool
 from embedded_db import start_embedded_postgres
 from handlers import ROUTES
@@ -32,6 +32,7 @@ log = logging.getLogger("server")
 UPSTREAM_MAX_CLIENTS = 100
 UPSTREAM_MAX_BODY_BYTES = 8 * 1024 * 1024
 LISTEN_BACKLOG = 1024
+IO_THREADS = 4
 
 
 def make_app(settings: Settings) -> Application:
@@ -53,6 +54,7 @@ def make_app(settings: Settings) -> Application:
         http_client=http_client,
         jservice=JServiceClient(http_client, settings.jservice_url),
         conversions=ConversionPool(settings.convert_workers, settings.convert_queue),
+        io_executor=ThreadPoolExecutor(IO_THREADS, thread_name_prefix="io"),
         media=media,
         mp3=Mp3Settings(find_ffmpeg(settings.ffmpeg_binary), settings.mp3_bitrate, settings.convert_timeout),
         openapi=load_openapi_document(),
@@ -83,7 +85,10 @@ def prepare_storage(app: Application, wait_seconds: float) -> None:
 def close_app(app: Application) -> None:
     """Release what `make_app` built."""
     app.settings["http_client"].close()
+    kill_running_conversions()
     app.settings["conversions"].shutdown()
+    app.settings["io_executor"].shutdown(wait=True)
+    app.settings["media"].close()
     app.settings["db_executor"].shutdown(wait=True)
     database.close_all()
 

@@ -4,6 +4,7 @@ and responses may be discarded or written to a file, so nothing large is held in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import BinaryIO
 
 READ_CHUNK = 256 * 1024
 STREAM_LIMIT = 1024 * 1024
+EARLY_ANSWER_SECONDS = 1.0
 
 # A request body: bytes, or pieces that are bytes or files sent as they are (never read whole).
 Body = bytes | Sequence[bytes | Path]
@@ -60,8 +62,13 @@ class Connection:
             await self._connect()
         assert self._reader is not None and self._writer is not None
         try:
-            await self._send(method, target, body, headers or {})
-            response = await self._receive(method, keep_body, sink)
+            try:
+                await self._send(method, target, body, headers or {})
+            except ConnectionError as error:
+                # The server may have answered early (a 413 or 503 before the body) and closed.
+                response = await self._early_answer(method, error)
+            else:
+                response = await self._receive(method, keep_body, sink)
         except BaseException:
             await self.close()
             raise
@@ -74,10 +81,15 @@ class Connection:
         writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
             writer.close()
-            try:
+            with contextlib.suppress(OSError):
                 await writer.wait_closed()
-            except OSError:
-                pass
+
+    async def _early_answer(self, method: str, error: ConnectionError) -> Response:
+        try:
+            response = await asyncio.wait_for(self._receive(method, True, None), EARLY_ANSWER_SECONDS)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            raise error from None
+        return Response(response.status, {**response.headers, "connection": "close"}, response.body, 0)
 
     async def _connect(self) -> None:
         self._reader, self._writer = await asyncio.open_connection(self.host, self.port, limit=STREAM_LIMIT)

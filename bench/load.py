@@ -4,18 +4,23 @@ load generator (keep-alive HTTP/1.1 over raw sockets)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.client import Connection
+from bench.memory import harness_cpu_seconds
 
 WRK_SLACK_SECONDS = 30  # wrk gets this long past its duration before it is killed
 PYTHON_TOOL = "python loadgen"
+MAX_REQUESTS = 2_000_000  # a cap on one python load run, besides its time
+MAX_PROBES = 20_000  # a cap on the /health probes of one HealthProbe, besides its time
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 SIZES = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 
@@ -52,13 +57,19 @@ class LoadResult:
     non2xx: int
     errors: int  # socket errors and timeouts
     bytes_per_s: float
+    client_cpu_pct: float = 0.0  # the load client's CPU, % of one core (shows when it is the limit)
 
 
 async def run_load(load: Load, wrk: str | None) -> LoadResult:
-    """Run the load with wrk when its path is given (in a worker thread), else with the built-in one."""
+    """Run the load with wrk when its path is given (in a worker thread), else with the built-in one;
+    the client's own CPU use is measured too."""
+    before = harness_cpu_seconds()
     if wrk is not None:
-        return await asyncio.to_thread(run_wrk, load, wrk)
-    return await run_python_load(load)
+        result = await asyncio.to_thread(run_wrk, load, wrk)
+    else:
+        result = await run_python_load(load)
+    client_pct = 100 * (harness_cpu_seconds() - before) / result.seconds if result.seconds else 0.0
+    return replace(result, client_cpu_pct=client_pct)
 
 
 def wrk_script(load: Load) -> str:
@@ -138,7 +149,7 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 
 async def run_python_load(load: Load) -> LoadResult:
     """The built-in generator: `connections` workers, each sending requests back to back until the
-    deadline (a request in flight at the deadline is waited for, at most 30 s more)."""
+    deadline or MAX_REQUESTS (a request in flight at the deadline is waited for, at most 30 s more)."""
     headers = {"Content-Type": load.content_type} if load.content_type else {}
     latencies: list[float] = []
     counts = {"non2xx": 0, "errors": 0, "bytes": 0}
@@ -148,7 +159,7 @@ async def run_python_load(load: Load) -> LoadResult:
     async def worker() -> None:
         connection = Connection(load.host, load.port)
         try:
-            while time.perf_counter() < deadline:
+            while time.perf_counter() < deadline and len(latencies) + counts["errors"] < MAX_REQUESTS:
                 sent = time.perf_counter()
                 try:
                     response = await connection.request(
@@ -183,3 +194,44 @@ async def run_python_load(load: Load) -> LoadResult:
         errors=counts["errors"] + len(pending),
         bytes_per_s=counts["bytes"] / elapsed,
     )
+
+
+class HealthProbe:
+    """GET /health every `interval` seconds on one keep-alive connection while running; keeps the
+    longest answer time (a blocked event loop shows here)."""
+
+    def __init__(self, host: str, port: int, interval: float = 0.1) -> None:
+        self.connection = Connection(host, port)
+        self.interval = interval
+        self.longest = 0.0
+        self.probes = 0
+        self.failures = 0
+        self._stop = asyncio.Event()
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set() and self.probes < MAX_PROBES:
+            sent = time.perf_counter()
+            try:
+                response = await self.connection.request("GET", "/health")
+                self.failures += response.status != 200
+            except OSError:
+                self.failures += 1
+            self.longest = max(self.longest, time.perf_counter() - sent)
+            self.probes += 1
+            next_probe = sent + self.interval - time.perf_counter()
+            if next_probe > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), next_probe)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[HealthProbe]:
+        """Probe during the `async with` block; the probe in flight at its end is waited for."""
+        task = asyncio.create_task(self._loop())
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            try:
+                await asyncio.wait_for(task, WRK_SLACK_SECONDS)
+            finally:
+                await self.connection.close()

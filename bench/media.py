@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.client import Connection
-from bench.processes import HOST, _die_with_parent
+from bench.processes import HOST, die_with_parent
 
 MP3_BITRATE = "192k"
 FFMPEG_TIMEOUT_SECONDS = 600
@@ -35,7 +35,7 @@ async def raw_convert(ffmpeg: str, source: Path, target: Path) -> float:
     command += ["-codec:a", "libmp3lame", "-b:a", MP3_BITRATE, str(target)]
     start = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
-        *command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        *command, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
     )
     try:
         code = await asyncio.wait_for(process.wait(), FFMPEG_TIMEOUT_SECONDS)

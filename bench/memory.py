@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,38 @@ def tree_cpu_seconds(root: int) -> float:
     return ticks / CLOCK_TICKS
 
 
+def children_cpu_seconds() -> float:
+    """CPU seconds of the harness's children that have been reaped (wrk, raw ffmpeg)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def harness_cpu_seconds() -> float:
+    """CPU seconds of the harness itself and its reaped children: what a load client costs."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime + children_cpu_seconds()
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat."""
+    values = [int(value) for value in (PROC / "stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs have been busy since boot (anyone's work)."""
+    return _machine_jiffies()[0] / CLOCK_TICKS
+
+
+def machine_busy_percent(seconds: float = 1.0) -> float:
+    """How busy all CPUs were over the next `seconds`, e.g. from other work."""
+    busy_before, total_before = _machine_jiffies()
+    time.sleep(seconds)
+    busy_after, total_after = _machine_jiffies()
+    return 100 * (busy_after - busy_before) / max(1, total_after - total_before)
+
+
 @dataclass(frozen=True)
 class Memory:
     """Resident and proportional set sizes, in bytes."""
@@ -90,10 +124,14 @@ class PeakSampler:
         self.interval = interval
         self.peak = Memory(0, 0)
         self.samples = 0
+        self.max_processes = 0
 
     def sample(self) -> Memory:
         """Take one sample now and fold it into the peaks."""
-        now = tree_memory(self.root)
+        pids = tree_pids(self.root)
+        parts = [process_memory(pid) for pid in pids]
+        now = Memory(sum(part.rss for part in parts), sum(part.pss for part in parts))
+        self.max_processes = max(self.max_processes, len(pids))
         self.peak = Memory(max(self.peak.rss, now.rss), max(self.peak.pss, now.pss))
         self.samples += 1
         return now

@@ -36,7 +36,7 @@ except OSError:  # pragma: no cover - not Linux
     _LIBC = None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when the harness dies, even by SIGKILL."""
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -67,7 +67,7 @@ class Processes:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # Popen is only called from the main thread
+                preexec_fn=die_with_parent,  # Popen is only called from the main thread
             )
         self.running[name] = process
         return process
@@ -248,6 +248,6 @@ def drop_database(database: Database) -> None:
         _sql(database.server_url, f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)")
     finally:
         if database.embedded_dir is not None:
-            from pgserver import get_server  # the embedded server's handle, to stop it now
+            from pgserver.postgres_server import get_server  # the embedded server's handle, to stop it now
 
             get_server(database.embedded_dir).cleanup()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,25 @@ class ConversionFailed(ValueError):
     """ffmpeg could not decode or encode the audio."""
 
 
-class ConversionTimeout(RuntimeError):
+class ConversionInterrupted(RuntimeError):
+    """ffmpeg was stopped from outside (a signal, the service shutting down): not the input's fault."""
+
+
+class ConversionTimeout(ConversionInterrupted):
     """ffmpeg ran longer than allowed and was killed."""
+
+
+_running: set[subprocess.Popen[bytes]] = set()
+_running_lock = threading.Lock()
+
+
+def kill_running_conversions() -> int:
+    """SIGKILL every ffmpeg this process is running (at shutdown, once the grace period is over)."""
+    with _running_lock:
+        processes = list(_running)
+    for process in processes:
+        process.kill()
+    return len(processes)
 
 
 @dataclass(frozen=True)
@@ -76,12 +94,19 @@ def convert_wav_to_mp3(settings: Mp3Settings, source: Path, target: Path, wav: W
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    with _running_lock:
+        _running.add(process)
     try:
         _, errors = process.communicate(timeout=settings.timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.communicate()
         raise ConversionTimeout(f"the conversion took longer than {settings.timeout:g}s") from None
+    finally:
+        with _running_lock:
+            _running.discard(process)
+    if process.returncode < 0:
+        raise ConversionInterrupted(f"the conversion was stopped (signal {-process.returncode})")
     if process.returncode != 0 or not target.exists() or target.stat().st_size == 0:
         message = errors.decode("utf-8", "replace").strip().splitlines()
         reason = message[-1] if message else f"ffmpeg exited with {process.returncode}"

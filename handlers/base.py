@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import Any, ParamSpec, TypeVar
@@ -78,6 +79,8 @@ class BaseHandler(RequestHandler):
         self._body = bytearray()
         self._received = 0
         self._counted = False
+        self._busy = 0
+        self._gone = False
 
     @property
     def max_body_bytes(self) -> int:
@@ -109,6 +112,12 @@ class BaseHandler(RequestHandler):
         return pool
 
     @property
+    def io_executor(self) -> ThreadPoolExecutor:
+        """Threads for file writes, so the event loop never waits on the disk."""
+        executor: ThreadPoolExecutor = self.application.settings["io_executor"]
+        return executor
+
+    @property
     def media(self) -> MediaStore:
         """The media directory."""
         store: MediaStore = self.application.settings["media"]
@@ -136,22 +145,24 @@ class BaseHandler(RequestHandler):
         self.in_flight.enter()
         self._counted = True
         declared = self.request.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared is not None and ASCII_INTEGER.fullmatch(declared) and int(declared) > self.max_body_bytes:
             raise self.body_too_large()
 
-    def data_received(self, chunk: bytes) -> None:
-        """Buffer the body up to the cap; past it, answer 413 and drop the connection."""
+    async def data_received(self, chunk: bytes) -> None:
+        """Take the body up to the cap; past it, answer 413 and drop the connection. Tornado waits
+        for this before it reads on, so a slow consumer slows the client down, not the server."""
         if self._finished:
             return
         self._received += len(chunk)
         try:
             if self._received > self.max_body_bytes:
                 raise self.body_too_large()
-            self.consume_body(chunk)
+            await self.consume_body(chunk)
         except ApiError as error:
-            self.send_error(error.status_code, exc_info=(type(error), error, None))
+            if not self._finished:
+                self.send_error(error.status_code, exc_info=(type(error), error, None))
 
-    def consume_body(self, chunk: bytes) -> None:
+    async def consume_body(self, chunk: bytes) -> None:
         """Take a piece of the body (raising ApiError refuses the request); JSON handlers buffer it."""
         self._body.extend(chunk)
 
@@ -161,16 +172,38 @@ class BaseHandler(RequestHandler):
 
     def on_finish(self) -> None:
         """The request was answered."""
-        self._leave()
+        self.release()
 
     def on_connection_close(self) -> None:
-        """The client went away before an answer."""
+        """The client went away before an answer: release now, or when the work under way ends."""
         super().on_connection_close()
+        self._gone = True
+        if not self._busy:
+            self.release()
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Mark work that must finish before the request's resources are released, even if the
+        client goes away meanwhile (a write on an I/O thread, a conversion)."""
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            if self._gone and not self._busy:
+                self.release()
+
+    def release(self) -> None:
+        """Give back what the request holds (idempotent); handlers with resources extend it."""
         self._leave()
 
     def compute_etag(self) -> str | None:
         """No ETags: API answers are live data, sent with no-store."""
         return None
+
+    def _request_summary(self) -> str:
+        # Tornado puts this in its warning and error lines; the query string may hold secrets.
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
 
     def _leave(self) -> None:
         if self._counted:
@@ -187,12 +220,16 @@ class BaseHandler(RequestHandler):
             raise ApiError(400, "the request body must be a JSON object")
         return body
 
+    def query_text(self, name: str) -> str | None:
+        """The last value of a query parameter (undecodable bytes replaced), or None."""
+        values = self.request.query_arguments.get(name)
+        return values[-1].decode("utf-8", "replace").strip() if values else None
+
     def query_int(self, name: str, default: int, minimum: int, maximum: int) -> int:
         """An integer query parameter within bounds; 422 otherwise."""
-        values = self.request.query_arguments.get(name)
-        if not values:
+        raw = self.query_text(name)
+        if raw is None:
             return default
-        raw = values[-1].decode("utf-8", "replace").strip()
         if not ASCII_INTEGER.fullmatch(raw) or not minimum <= int(raw) <= maximum:
             raise invalid(name, f"must be an integer from {minimum} to {maximum}")
         return int(raw)

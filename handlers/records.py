@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -9,12 +10,12 @@ import uuid
 from asyncio import Future
 from typing import Any
 
-from converters.mp3 import ConversionFailed, ConversionTimeout
+from converters.mp3 import ConversionFailed, ConversionInterrupted
 from converters.wav import InvalidWav, NotWav
 from handlers.base import ApiError, BaseHandler, StaticBaseHandler, invalid
 from records.names import content_disposition, sanitize_filename
 from records.repository import find_record, insert_record
-from records.storage import convert_into_store
+from records.storage import StoredAudio, convert_into_store
 from records.upload import MalformedForm, StreamingForm
 from users.repository import check_token
 
@@ -49,11 +50,17 @@ class RecordUploadHandler(BaseHandler):
         self._form: StreamingForm | None = None
         self._reserved = False
         super().prepare()
-        self.request.connection.set_max_body_size(self.max_body_bytes * TORNADO_CAP_FACTOR + 2**20)  # type: ignore[union-attr]
-        self.request.connection.set_body_timeout(self.config.upload_timeout)  # type: ignore[union-attr]
+        if self.request.method != "POST":
+            return  # Tornado answers 405 once the (capped) body is in
+        connection: Any = self.request.connection
+        connection.set_max_body_size(self.max_body_bytes * TORNADO_CAP_FACTOR + 2**20)
+        connection.set_body_timeout(self.config.upload_timeout)
         try:
             self._form = StreamingForm(
-                self.request.headers.get("Content-Type", ""), "file", self.media.new_temp_path(".wav")
+                self.request.headers.get("Content-Type", ""),
+                "file",
+                self.media.new_temp_path(".wav"),
+                fields=("user", "token"),
             )
         except MalformedForm as error:
             raise ApiError(400, str(error)) from None
@@ -61,43 +68,47 @@ class RecordUploadHandler(BaseHandler):
             raise ApiError(503, "conversion capacity is full, try again shortly", headers=RETRY_AFTER)
         self._reserved = True
 
-    def consume_body(self, chunk: bytes) -> None:
-        """Parse the multipart body as it arrives; the file part goes straight to disk."""
-        assert self._form is not None
-        try:
-            self._form.feed(chunk)
-        except MalformedForm as error:
-            raise ApiError(400, str(error)) from None
-        except OSError as error:
-            log.error("cannot write an upload: %s", error)
-            raise ApiError(503, "the upload cannot be stored right now", headers=RETRY_AFTER) from None
+    async def consume_body(self, chunk: bytes) -> None:
+        """Parse the multipart body as it arrives, on an I/O thread: the file part goes to disk."""
+        form = self._form
+        if form is None:
+            return await super().consume_body(chunk)
+        with self.busy():
+            try:
+                await asyncio.get_running_loop().run_in_executor(self.io_executor, form.feed, chunk)
+            except MalformedForm as error:
+                raise ApiError(400, str(error)) from None
+            except OSError as error:
+                log.error("cannot write an upload: %s", error)
+                raise ApiError(503, "the upload cannot be stored right now", headers=RETRY_AFTER) from None
 
     async def post(self) -> None:
         """Authenticate, convert, store, and answer with the download link."""
         form = self._form
         assert form is not None
-        try:
-            form.finish()
-        except MalformedForm as error:
-            raise ApiError(400, str(error)) from None
-        user_id = parse_user_id(form.fields.get("user"))
-        token = self._token(form.fields)
-        if form.file_parts == 0:
-            raise invalid("file", "is required")
-        if form.file_parts > 1:
-            raise invalid("file", "send exactly one file")
-        check = await self.run_db(check_token, user_id, token)
-        if check == "unknown_user":
-            raise ApiError(404, f"there is no user {user_id}")
-        if check == "wrong_token":
-            raise ApiError(403, "the token does not belong to this user")
-        audio = await self._convert(form)
-        original_name = sanitize_filename(form.filename)
-        try:
-            await self.run_db(insert_record, audio, user_id, original_name)
-        except BaseException:
-            self.media.remove(audio.path)
-            raise
+        with self.busy():
+            try:
+                form.finish()
+            except MalformedForm as error:
+                raise ApiError(400, str(error)) from None
+            user_id = parse_user_id(form.fields.get("user"))
+            token = self._token(form.fields)
+            if form.file_parts != 1:
+                raise invalid("file", "is required" if form.file_parts == 0 else "send exactly one file")
+            check = await self.run_db(check_token, user_id, token)
+            if check == "unknown_user":
+                raise ApiError(404, f"there is no user {user_id}")
+            if check == "wrong_token":
+                raise ApiError(403, "the token does not belong to this user")
+            audio = await self._convert(form)
+            if self._gone:  # nobody will ever get the link: keep nothing
+                self.media.remove(audio.path)
+                return
+            try:
+                await self.run_db(insert_record, audio, user_id, sanitize_filename(form.filename))
+            except BaseException:
+                self.media.remove(audio.path)
+                raise
         url = f"{self._public_base()}/record?id={audio.record_id}&user={user_id}"
         self.set_header("Location", url)
         self.write_json({"id": str(audio.record_id), "user": user_id, "url": url}, status=201)
@@ -109,7 +120,7 @@ class RecordUploadHandler(BaseHandler):
             raise invalid("token", "is required (a form field, or Authorization: Bearer)")
         return token.strip()
 
-    async def _convert(self, form: StreamingForm) -> Any:
+    async def _convert(self, form: StreamingForm) -> StoredAudio:
         try:
             return await self.conversions.run(
                 convert_into_store, self.media, self.mp3_settings, form.file_path
@@ -118,7 +129,7 @@ class RecordUploadHandler(BaseHandler):
             raise ApiError(415, f"{error}; upload a WAV file") from None
         except (InvalidWav, ConversionFailed) as error:
             raise ApiError(422, str(error)) from None
-        except ConversionTimeout as error:
+        except ConversionInterrupted as error:
             raise ApiError(503, str(error), headers=RETRY_AFTER) from None
         except OSError as error:
             log.error("cannot store a conversion: %s", error)
@@ -130,15 +141,15 @@ class RecordUploadHandler(BaseHandler):
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
         """Free the slot and delete the uploaded WAV before any answer leaves, whatever happened,
         so a client that has its answer never sees the upload's leftovers."""
-        self._clean_up()
+        self._free_upload()
         return super().finish(chunk)
 
-    def on_connection_close(self) -> None:
-        """The client went away: the same clean-up."""
-        self._clean_up()
-        super().on_connection_close()
+    def release(self) -> None:
+        """The same clean-up when the client went away, once no work on the upload is under way."""
+        self._free_upload()
+        super().release()
 
-    def _clean_up(self) -> None:
+    def _free_upload(self) -> None:
         if getattr(self, "_reserved", False):
             self._reserved = False
             self.conversions.release()
@@ -161,10 +172,10 @@ class RecordDownloadHandler(StaticBaseHandler):
     async def get(self, include_body: bool = True) -> None:  # type: ignore[override]
         """Look the record up, then let StaticFileHandler send it."""
         try:
-            record_id = uuid.UUID(self.get_query_argument("id", None) or "")
+            record_id = uuid.UUID(self.query_text("id") or "")
         except ValueError:
             raise invalid("id", "must be a record UUID") from None
-        user_id = parse_user_id(self.get_query_argument("user", None))
+        user_id = parse_user_id(self.query_text("user"))
         record = await self.run_db(find_record, record_id, user_id)
         if record is None:
             raise ApiError(404, "there is no such record for this user")

@@ -26,11 +26,12 @@ class Behaviour:
     fail_times: int = 0  # answer this many next requests with `fail_status`
     fail_status: int = 503
     retry_after: str | None = None  # Retry-After header on failures
-    html: bool = False  # answer 200 with an HTML page instead of JSON
+    garbage: str | None = None  # answer 200 with this body (an HTML page, broken JSON) instead
     hang: bool = False  # never answer
     repeat_in_batch: bool = False  # send every clue of a batch twice
     blank_ids: frozenset[int] = frozenset()  # ids served with an empty question
     requested_counts: list[int] = field(default_factory=list)  # the count of every request seen
+    request_times: list[float] = field(default_factory=list)  # when each arrived (loop time)
 
 
 def load_clues(path: Path = DATA_FILE) -> list[tuple[int, str, dict[str, Any]]]:
@@ -89,6 +90,7 @@ class RandomCluesHandler(RequestHandler):
         except ValueError:
             count = 1
         behaviour.requested_counts.append(count)
+        behaviour.request_times.append(asyncio.get_running_loop().time())
         if behaviour.hang:
             await asyncio.Event().wait()
         if behaviour.latency:
@@ -100,9 +102,9 @@ class RandomCluesHandler(RequestHandler):
                 self.set_header("Retry-After", behaviour.retry_after)
             self.finish({"error": "injected failure"})
             return
-        if behaviour.html:
+        if behaviour.garbage is not None:
             self.set_header("Content-Type", "text/html")
-            self.finish("<html><body><h1>Service moved</h1></body></html>")
+            self.finish(behaviour.garbage)
             return
         pool = behaviour.pool_size or len(self.clues)
         ids = [number + 1 for number in random.sample(range(pool), min(count, pool))]

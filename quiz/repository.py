@@ -53,7 +53,8 @@ def insert_new_questions(clues: Sequence[Clue], with_previous: bool) -> tuple[in
     previous = _latest() if with_previous else None
     if not clues:
         return 0, previous
-    rows = [asdict(clue) for clue in clues]
+    # In id order: concurrent batches that share ids then lock them in the same order, never a deadlock.
+    rows = [asdict(clue) for clue in sorted(clues, key=lambda clue: clue.jservice_id)]
     cursor = Question.insert_many(rows).on_conflict_ignore().returning(Question.jservice_id).execute()
     return len(list(cursor)), previous
 

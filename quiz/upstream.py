@@ -14,6 +14,7 @@ from tornado.simple_httpclient import HTTPTimeoutError
 from models import storable_text
 
 MAX_BATCH = 100
+SANE_YEARS = range(1800, 2201)
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 FailureKind = Literal["timeout", "bad_gateway"]
@@ -71,7 +72,7 @@ class JServiceClient:
             ) from None
         try:
             payload = json.loads(response.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UpstreamError(
                 "bad_gateway", "the upstream answered with something that is not JSON", transient=False
             ) from None
@@ -112,6 +113,8 @@ def parse_retry_after(value: str | None) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000": UTC, with no claim about local time
+        when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
@@ -147,10 +150,13 @@ def _is_int(value: Any) -> TypeGuard[int]:
 
 
 def _parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 time within SANE_YEARS, in UTC; anything else is None (PostgreSQL would store
+    a year-1 date that the driver cannot read back)."""
     if not isinstance(value, str):
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        utc = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return utc if utc.year in SANE_YEARS else None

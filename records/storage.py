@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -16,6 +17,11 @@ from converters.wav import read_wav_info
 log = logging.getLogger(__name__)
 
 TEMP_DIR_NAME = ".tmp"
+LOCK_FILE_NAME = ".lock"
+
+
+class MediaDirInUse(RuntimeError):
+    """Another running service holds MEDIA_DIR; sharing it would let one delete the other's work."""
 
 
 @dataclass(frozen=True)
@@ -34,11 +40,20 @@ class MediaStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.temp_dir = self.root / TEMP_DIR_NAME
+        self._lock: int | None = None
 
     def prepare(self) -> int:
-        """Create the directories, stop ffmpeg processes a killed predecessor left writing into the
-        temporary directory, and delete the temporary files it left; returns how many files."""
+        """Create the directories and take the directory's lock (one service per MEDIA_DIR), then
+        stop ffmpeg processes a killed predecessor left writing into the temporary directory and
+        delete the temporary files it left; returns how many files."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._lock = os.open(self.root / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.close()
+                raise MediaDirInUse(f"{self.root} is in use by another running service") from None
         stop_processes_using(self.temp_dir)
         stale = [path for path in self.temp_dir.iterdir() if path.is_file()]
         for path in stale:
@@ -65,6 +80,12 @@ class MediaStore:
             log.info("removed %d MP3 files that no record points at", len(orphans))
         return len(orphans)
 
+    def close(self) -> None:
+        """Let go of the directory's lock."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
     def absolute(self, relative: str) -> Path:
         """The file behind a stored relative path."""
         return self.root / relative
@@ -77,7 +98,9 @@ class MediaStore:
         """Make `temp` durable and move it to its final name; returns the relative path."""
         relative = f"{record_id.hex[:2]}/{record_id}.mp3"
         final = self.absolute(relative)
-        final.parent.mkdir(exist_ok=True)
+        if not final.parent.exists():
+            final.parent.mkdir(exist_ok=True)
+            _fsync_directory(self.root)  # the new folder must survive a power loss with its file
         with temp.open("rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temp, final)

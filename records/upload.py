@@ -1,15 +1,18 @@
-"""multipart/form-data parsed as it streams in: small fields kept in memory, the file part
-written straight to disk, so an upload is never held whole in memory."""
+"""multipart/form-data parsed as it streams in: the few small fields we read kept in memory, the
+file part written straight to disk, everything else dropped, so an upload is never held in memory."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import BinaryIO
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 MAX_FIELD_BYTES = 1024
+MAX_HEADER_BYTES = 8 * 1024
+MAX_PARTS = 16
 MAX_FILENAME_CHARS = 255
 
 
@@ -18,9 +21,10 @@ class MalformedForm(ValueError):
 
 
 class StreamingForm:
-    """Feeds body chunks to a multipart parser; the part named `file_field` goes to `file_path`."""
+    """Feeds body chunks to a multipart parser. The part named `file_field` goes to `file_path`;
+    of the other parts only those named in `fields` are kept (up to MAX_FIELD_BYTES each)."""
 
-    def __init__(self, content_type: str, file_field: str, file_path: Path) -> None:
+    def __init__(self, content_type: str, file_field: str, file_path: Path, fields: Collection[str]) -> None:
         kind, params = parse_options_header(content_type)
         boundary = params.get(b"boundary")
         if kind != b"multipart/form-data" or not boundary:
@@ -30,32 +34,39 @@ class StreamingForm:
         self.file_parts = 0
         self.file_path = file_path
         self._file_field = file_field
+        self._wanted = frozenset(fields)
         self._file: BinaryIO | None = None
         self._ended = False
+        self._parts = 0
         self._header_name = bytearray()
         self._header_value = bytearray()
         self._headers: dict[bytes, bytes] = {}
         self._part_name: str | None = None
         self._part_value = bytearray()
-        self._parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": self._on_part_begin,
-                "on_header_field": lambda data, start, end: self._header_name.extend(data[start:end]),
-                "on_header_value": lambda data, start, end: self._header_value.extend(data[start:end]),
-                "on_header_end": self._on_header_end,
-                "on_headers_finished": self._on_headers_finished,
-                "on_part_data": self._on_part_data,
-                "on_part_end": self._on_part_end,
-                "on_end": self._on_end,
-            },
-        )
+        callbacks = {
+            "on_part_begin": self._on_part_begin,
+            "on_header_field": lambda data, start, end: self._add_header_bytes(
+                self._header_name, data[start:end]
+            ),
+            "on_header_value": lambda data, start, end: self._add_header_bytes(
+                self._header_value, data[start:end]
+            ),
+            "on_header_end": self._on_header_end,
+            "on_headers_finished": self._on_headers_finished,
+            "on_part_data": self._on_part_data,
+            "on_part_end": self._on_part_end,
+            "on_end": self._on_end,
+        }
+        try:
+            self._parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        except FormParserError as error:
+            raise MalformedForm(f"unusable multipart boundary: {error}") from None
 
     def feed(self, chunk: bytes) -> None:
-        """Parse the next piece of the body."""
+        """Parse the next piece of the body (blocking: the file part is written as it comes)."""
         try:
             self._parser.write(chunk)
-        except MultipartParseError as error:
+        except FormParserError as error:
             raise MalformedForm(f"malformed multipart body: {error}") from None
 
     def finish(self) -> None:
@@ -71,9 +82,18 @@ class StreamingForm:
             self._file = None
 
     def _on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise MultipartParseError(f"more than {MAX_PARTS} parts")
         self._headers = {}
         self._part_name = None
         self._part_value = bytearray()
+
+    @staticmethod
+    def _add_header_bytes(buffer: bytearray, data: bytes) -> None:
+        if len(buffer) + len(data) > MAX_HEADER_BYTES:
+            raise MultipartParseError(f"a part header is longer than {MAX_HEADER_BYTES} bytes")
+        buffer.extend(data)
 
     def _on_header_end(self) -> None:
         self._headers[bytes(self._header_name).strip().lower()] = bytes(self._header_value).strip()
@@ -97,6 +117,8 @@ class StreamingForm:
         if self._part_name == self._file_field:
             if self._file is not None:
                 self._file.write(data[start:end])
+        elif self._part_name not in self._wanted:
+            return
         elif len(self._part_value) + (end - start) > MAX_FIELD_BYTES:
             raise MultipartParseError(f"field {self._part_name!r} is longer than {MAX_FIELD_BYTES} bytes")
         else:
@@ -105,7 +127,7 @@ class StreamingForm:
     def _on_part_end(self) -> None:
         if self._part_name == self._file_field:
             self.close()
-        elif self._part_name is not None and self._part_name not in self.fields:
+        elif self._part_name in self._wanted and self._part_name not in self.fields:
             self.fields[self._part_name] = self._part_value.decode("utf-8", "replace")
 
     def _on_end(self) -> None:

@@ -38,6 +38,17 @@ def make_wav(seconds: float = 1.0, rate: int = 44100, channels: int = 2, sample_
     return buffer.getvalue()
 
 
+def silent_wav(seconds: float, rate: int = 48000, channels: int = 2) -> bytes:
+    """A long 16-bit WAV made fast: silence."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(channels)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(bytes(int(seconds * rate) * channels * 2))
+    return buffer.getvalue()
+
+
 def wav_with_fmt(
     tag: int = 1,
     channels: int = 1,

@@ -120,3 +120,27 @@ async def test_server_process_serves_and_drains_on_sigterm(database_url, standin
     finally:
         server.stop()
     assert "POST /questions 200" in server.log
+
+
+@pytest.mark.gen_test
+async def test_a_non_ascii_content_length_is_refused_not_a_500(base_url):
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /questions HTTP/1.1\r\nHost: x\r\nContent-Length: \xc2\xb2\r\n\r\n{}")
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 400")
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_second_service_on_the_same_media_dir_refuses_to_start(database_url, standin, tmp_path):
+    env = {"DATABASE_URL": database_url, "JSERVICE_URL": standin.url, "DATA_DIR": str(tmp_path)}
+    first = await serve_process(env, tmp_path / "first.log")
+    try:
+        second = start_server_process({**env, "PORT": str(free_port())}, tmp_path / "second.log")
+        assert second.wait(timeout=60) != 0
+        assert "in use by another running service" in (tmp_path / "second.log").read_text()
+        assert (await call(first.base_url, "GET", "/health")).status == 200
+    finally:
+        first.stop()

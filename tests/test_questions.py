@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from quiz.upstream import parse_clue
+from quiz.upstream import parse_clue, parse_retry_after
 from tests.support import assert_problem, call, sql
 
 
@@ -72,7 +72,8 @@ async def test_duplicates_inside_a_batch_are_asked_for_again(base_url, db, stand
     ids = stored_ids(db)
     assert len(ids) == len(set(ids)) == 4
     # Each call asks only for what is still missing, never one call per question.
-    assert standin.behaviour.requested_counts == [4, 2, 1]
+    counts = standin.behaviour.requested_counts
+    assert counts[:2] == [4, 2] and all(count <= 2 for count in counts[2:])
 
 
 @pytest.mark.gen_test
@@ -119,10 +120,12 @@ async def test_transient_failures_are_retried(base_url, db, standin):
 async def test_rate_limit_honours_retry_after(base_url, db, standin):
     standin.behaviour.fail_times = 1
     standin.behaviour.fail_status = 429
-    standin.behaviour.retry_after = "0"
+    standin.behaviour.retry_after = "1"
     reply = await post_questions(base_url, 2)
     assert reply.status == 200
     assert len(stored_ids(db)) == 2
+    first, second = standin.behaviour.request_times
+    assert second - first >= 1.0  # the service waited as long as the upstream asked
 
 
 @pytest.mark.gen_test
@@ -147,10 +150,11 @@ async def test_upstream_always_failing_is_502_within_the_call_budget(base_url, d
 
 
 @pytest.mark.gen_test
-async def test_upstream_answering_html_is_502(base_url, db, standin):
-    standin.behaviour.html = True
+@pytest.mark.parametrize("garbage", ["<html><body><h1>Moved</h1></body></html>", "[" * 100_000, '{"id": 1}'])
+async def test_upstream_answering_garbage_is_502(base_url, db, standin, garbage):
+    standin.behaviour.garbage = garbage
     problem = assert_problem(await post_questions(base_url, 3), 502)
-    assert "not JSON" in problem["detail"]
+    assert "JSON" in problem["detail"]
     assert len(standin.behaviour.requested_counts) == 1
 
 
@@ -239,7 +243,7 @@ async def test_listing_is_newest_first_with_total(base_url, db):
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=abc", "offset=-1", "offset=1.5"])
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=abc", "offset=-1", "offset=1.5", "limit="])
 async def test_bad_paging_is_422(base_url, db, query):
     assert_problem(await call(base_url, "GET", f"/questions?{query}"), 422)
 
@@ -294,3 +298,39 @@ def test_odd_optional_upstream_fields_become_null():
     )
     assert clue is not None
     assert (clue.value, clue.airdate, clue.category, clue.created_at) == (None, None, None, None)
+
+
+@pytest.mark.gen_test(timeout=120)
+@pytest.mark.settings(db_pool_size=16, jservice_max_calls=200, jservice_budget_seconds=30.0)
+async def test_concurrent_batches_sharing_ids_never_deadlock(base_url, db, standin):
+    # Overlapping batches in random order used to lock rows in opposite orders and deadlock.
+    standin.behaviour.pool_size = 1000
+    standin.behaviour.latency = 0.02
+    for _ in range(2):
+        replies = await asyncio.gather(*(post_questions(base_url, 25) for _ in range(16)))
+        assert [reply.status for reply in replies] == [200] * 16, [reply.json for reply in replies]
+    ids = stored_ids(db)
+    assert len(ids) == len(set(ids)) == 800
+
+
+@pytest.mark.parametrize(
+    "moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "1066-10-14T09:00:00Z", "3000-01-01"]
+)
+def test_upstream_dates_out_of_range_become_null(moment):
+    clue = parse_clue({"id": 1, "question": "q", "answer": "a", "created_at": moment, "airdate": moment})
+    assert clue is not None and clue.created_at is None and clue.airdate is None
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("3", 3.0),
+        ("-5", 0.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+        ("Wed, 21 Oct 2015 07:28:00 -0000", 0.0),
+        ("soon", None),
+        (None, None),
+    ],
+)
+def test_retry_after_forms(header, expected):
+    assert parse_retry_after(header) == expected

@@ -10,8 +10,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from records.storage import MediaStore
-from tests.audio import decode_mp3, make_wav, multipart, wav_with_fmt
-from tests.support import assert_problem, call, poll, post_streaming, sql
+from tests.audio import decode_mp3, make_wav, multipart, silent_wav, wav_with_fmt
+from tests.support import CONNECTION_LOST, assert_problem, call, fetch, poll, post_streaming, sql
 
 
 async def new_user(base_url, name="uploader"):
@@ -29,7 +29,7 @@ async def upload(base_url, user, token, content, filename="take.wav", headers=No
 
 
 def media_files(settings) -> list[Path]:
-    return sorted(path for path in settings.media_root.rglob("*") if path.is_file())
+    return sorted(path for path in settings.media_root.rglob("*") if path.is_file() and path.name != ".lock")
 
 
 def record_count(db: str) -> int:
@@ -312,3 +312,64 @@ async def test_conversion_over_its_time_limit_is_killed_and_refused(base_url, db
     assert "longer than" in problem["detail"]
     assert media_files(settings) == []
     assert record_count(db) == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_unusable_multipart_framing_is_400(base_url, db, user, settings):
+    long_boundary = "b" * 300
+    reply = await call(
+        base_url,
+        "POST",
+        "/records",
+        raw=f"--{long_boundary}--\r\n".encode(),
+        headers={"Content-Type": f"multipart/form-data; boundary={long_boundary}"},
+    )
+    assert_problem(reply, 400)
+    fields = {f"extra{number}": "x" for number in range(20)}
+    body, content_type = multipart(
+        {"user": str(user[0]), "token": user[1], **fields}, {"file": ("a.wav", make_wav(0.2))}
+    )
+    assert_problem(
+        await call(base_url, "POST", "/records", raw=body, headers={"Content-Type": content_type}), 400
+    )
+    assert media_files(settings) == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_fields_the_service_does_not_read_are_ignored(base_url, db, user):
+    fields = {"user": str(user[0]), "token": user[1], "comment": "y" * 5000, "name": "take"}
+    body, content_type = multipart(fields, {"file": ("a.wav", make_wav(0.2))})
+    assert (
+        await call(base_url, "POST", "/records", raw=body, headers={"Content-Type": content_type})
+    ).status == 201
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_other_methods_on_records_are_405(base_url, db, method):
+    reply = await call(base_url, method, "/records", raw=b"x" if method == "PUT" else None)
+    assert_problem(reply, 405)
+    assert reply.headers["Allow"] == "POST"
+
+
+@pytest.mark.gen_test
+async def test_undecodable_query_values_are_422(base_url, db):
+    reply = await call(base_url, "GET", "/record?id=00000000-0000-4000-8000-000000000000&user=%FF")
+    assert_problem(reply, 422)
+
+
+@pytest.mark.gen_test(timeout=120)
+@pytest.mark.settings(convert_workers=1, convert_queue=0)
+async def test_a_client_that_leaves_during_conversion_keeps_its_slot_until_ffmpeg_ends(
+    base_url, db, user, app, settings
+):
+    form = {"user": str(user[0]), "token": user[1]}
+    body, content_type = multipart(form, {"file": ("a.wav", silent_wav(480.0, 44100, 2))})
+    headers = {"Content-Type": content_type}
+    with pytest.raises(CONNECTION_LOST):  # the client gives up while ffmpeg is still at work
+        await fetch(base_url, "POST", "/records", raw=body, headers=headers, timeout=1.5)
+    assert app.settings["conversions"].reserved == 1
+    assert_problem(await upload(base_url, user[0], user[1], make_wav(0.2)), 503)
+    await poll(lambda: app.settings["conversions"].reserved == 0, deadline=60)
+    assert record_count(db) == 0
+    assert media_files(settings) == []
