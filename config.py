@@ -29,7 +29,7 @@ class Settings:
     jservice_budget_seconds: float = 30.0
     max_questions_num: int = 100
     db_wait_seconds: float = 30.0
-    db_pool_size: int = 8
+    db_pool_size: int = 4
     shutdown_grace_seconds: float = 15.0
     log_level: str = "INFO"
     media_dir: Path | None = None  # None: DATA_DIR/media

@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import weakref
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 from playhouse.postgres_ext import DateTimeTZField
-from psycopg2.extensions import parse_dsn
+from psycopg2.extensions import TRANSACTION_STATUS_UNKNOWN, parse_dsn
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -24,6 +25,8 @@ database = peewee.DatabaseProxy()
 POOL_WAIT_SECONDS = 10
 # A connection unused this long is closed rather than reused, so restarts and idle cuts heal.
 POOL_STALE_SECONDS = 300
+# A connection unused longer than this is checked with a round trip before it is handed out.
+PING_AFTER_SECONDS = 1.0
 
 DatabaseUnavailable = (peewee.OperationalError, peewee.InterfaceError)
 
@@ -94,12 +97,32 @@ class Record(BaseModel):
 MODELS: list[type[BaseModel]] = [Question, User, Record]
 
 
+class CheckedPool(PooledPostgresqlDatabase):
+    """A pool that asks the server whether a connection still works (a round trip) only when the
+    connection sat unused for PING_AFTER_SECONDS; one used a moment ago is handed out as it is."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._returned_at: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    def _is_closed(self, conn: Any) -> bool:
+        if conn.closed:
+            return True
+        if time.monotonic() - self._returned_at.get(conn, 0.0) < PING_AFTER_SECONDS:
+            return bool(conn.info.transaction_status == TRANSACTION_STATUS_UNKNOWN)
+        return bool(super()._is_closed(conn))  # type: ignore[no-untyped-call]
+
+    def _close(self, conn: Any, close_conn: bool = False) -> None:
+        self._returned_at[conn] = time.monotonic()
+        super()._close(conn, close_conn)
+
+
 def open_database(url: str, pool_size: int) -> PooledPostgresqlDatabase:
     """Build a connection pool for a postgresql:// URL (nothing is connected yet)."""
     params = parse_dsn(url)
     name = params.pop("dbname", "postgres")
     params.setdefault("connect_timeout", "5")
-    return PooledPostgresqlDatabase(  # type: ignore[no-untyped-call]
+    return CheckedPool(
         name,
         max_connections=pool_size,
         stale_timeout=POOL_STALE_SECONDS,
@@ -128,8 +151,22 @@ def create_tables(wait_seconds: float) -> None:
             time.sleep(0.5)
 
 
+def with_connection(work: Callable[P, R]) -> Callable[P, R]:
+    """Run `work` on a pooled connection, returned to the pool afterwards; meant for executor threads.
+    Peewee runs in autocommit mode, so each statement is its own transaction: database functions are
+    written as single statements (one round trip) wherever atomicity matters."""
+
+    @functools.wraps(work)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with database.connection_context():
+            return work(*args, **kwargs)
+
+    return wrapper
+
+
 def in_transaction(work: Callable[P, R]) -> Callable[P, R]:
-    """Run `work` on a pooled connection inside one transaction; meant for executor threads."""
+    """Like `with_connection`, inside an explicit transaction: it commits only if this process is
+    alive to send COMMIT, where an autocommit statement would still commit after the process died."""
 
     @functools.wraps(work)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -139,7 +176,7 @@ def in_transaction(work: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-@in_transaction
+@with_connection
 def ping() -> None:
     """Ask the database a trivial question; raises if it cannot answer."""
     database.execute_sql("SELECT 1")

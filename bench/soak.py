@@ -40,7 +40,7 @@ from typing import Any
 from bench.client import Connection, Response
 from bench.load import percentile
 from bench.media import make_wav, url_target
-from bench.memory import PROC, process_memory, tree_memory, tree_pids
+from bench.memory import PROC, PeakSampler, process_memory, tree_memory, tree_pids
 from bench.processes import (
     HOST,
     STANDIN_LATENCY_MS,
@@ -85,6 +85,7 @@ FD_SLACK = 5
 DURATION_TOLERANCE_SECONDS = 0.1
 LEFTOVER_DEADLINE_SECONDS = 5.0
 POLL_SECONDS = 0.05
+SAMPLE_SECONDS = 0.1  # the server tree's peak RSS during the load
 SETTLE_SECONDS = 0.5  # after the workers are idle, before RSS and fds are read
 PAUSE_DEADLINE_SECONDS = REQUEST_TIMEOUT + MAX_CAPACITY_RETRIES * MAX_RETRY_AFTER_SECONDS + 10
 WORKERS_SLACK_SECONDS = PAUSE_DEADLINE_SECONDS  # past the deadline, for the actions in flight
@@ -97,6 +98,7 @@ FAILURE_KINDS = {  # besides 5xx, connection errors and lost uploads
     "status": "unexpected statuses (4xx, or a capacity 503 past every retry)",
     "body": "answers with a wrong body, type or bytes",
     "range": "Range answers with the wrong bytes or Content-Range",
+    "keepalive": "early answers without `Connection: close` on a connection the server then closed",
     "harness": "harness problems (workers stuck or crashed)",
 }
 TIME_RE = re.compile(rb"time=\s*(\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
@@ -366,6 +368,36 @@ async def do_questions(soak: Soak, connection: Connection, rng: random.Random) -
         soak.fail("body", f"questions: a 200 that is not a JSON object: {response.body[:200]!r}")
 
 
+async def upload_once(soak: Soak, account: Account, wav: Path) -> Response | None:
+    """One POST /records on its own connection. After an answer that refused the upload (read before
+    the body was), a keep-alive client reuses the connection unless told `Connection: close`: check
+    with GET /health that the server really kept it open."""
+    connection = Connection(HOST, soak.port)
+    body, headers = multipart(account, wav)
+    try:
+        response = await timed(
+            soak, "upload", connection.request("POST", "/records", body, headers), f" {wav.name}"
+        )
+        if response is None or response.status == 201 or response.headers.get("connection") == "close":
+            return response
+        try:
+            probe = await asyncio.wait_for(connection.request("GET", "/health"), REQUEST_TIMEOUT)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as error:
+            soak.fail(
+                "keepalive",
+                f"upload {wav.name}: {response.status} without `Connection: close`, yet the next request"
+                f" on that connection failed ({type(error).__name__}: {error})",
+            )
+        else:
+            if probe.status != 200:
+                soak.fail(
+                    "keepalive", f"upload {wav.name}: GET /health after a {response.status}: {probe.status}"
+                )
+        return response
+    finally:
+        await connection.close()
+
+
 async def do_upload(soak: Soak, connection: Connection, rng: random.Random) -> None:
     """POST /records with a WAV from disk; a capacity 503 is retried after its Retry-After."""
     if not soak.accounts:
@@ -375,10 +407,7 @@ async def do_upload(soak: Soak, connection: Connection, rng: random.Random) -> N
     seconds = rng.choice(sorted(soak.wavs))
     wav = soak.wavs[seconds]
     for _ in range(MAX_CAPACITY_RETRIES + 1):
-        body, headers = multipart(account, wav)
-        response = await timed(
-            soak, "upload", connection.request("POST", "/records", body, headers), f" {wav.name}"
-        )
+        response = await upload_once(soak, account, wav)
         if response is None:
             return
         if is_capacity_503(response):
@@ -636,6 +665,8 @@ class Outcome:
     clean_after: float
     verification: Verification
     paused: float
+    peak_tree_rss: int
+    peak_tree_processes: int
 
 
 async def run_soak(soak: Soak, seconds: float, baseline_at: float, seed: int, ffmpeg: str) -> Outcome:
@@ -647,22 +678,24 @@ async def run_soak(soak: Soak, seconds: float, baseline_at: float, seed: int, ff
     started = time.monotonic()
     soak.deadline = started + seconds
     soak.gate.open.set()
+    sampler = PeakSampler(soak.server_pid, SAMPLE_SECONDS)
     try:
-        tasks = [
-            asyncio.create_task(worker(soak, index, seed, connections[index])) for index in range(WORKERS)
-        ]
-        await asyncio.sleep(baseline_at)
-        baseline, paused = await quiet_snapshot(soak, started)
-        soak.deadline += paused  # the pause does not count as load time
-        remaining = soak.deadline - time.monotonic()
-        _, pending = await asyncio.wait(tasks, timeout=max(0.0, remaining) + WORKERS_SLACK_SECONDS)
-        for task in pending:
-            task.cancel()
-            soak.fail("harness", "a worker was still busy long after the deadline (cancelled)")
-        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
-                soak.fail("harness", f"a worker crashed: {type(outcome).__name__}: {outcome}")
-        load_seconds = time.monotonic() - started - paused
+        async with sampler.running():
+            tasks = [
+                asyncio.create_task(worker(soak, index, seed, connections[index])) for index in range(WORKERS)
+            ]
+            await asyncio.sleep(baseline_at)
+            baseline, paused = await quiet_snapshot(soak, started)
+            soak.deadline += paused  # the pause does not count as load time
+            remaining = soak.deadline - time.monotonic()
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, remaining) + WORKERS_SLACK_SECONDS)
+            for task in pending:
+                task.cancel()
+                soak.fail("harness", "a worker was still busy long after the deadline (cancelled)")
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                    soak.fail("harness", f"a worker crashed: {type(outcome).__name__}: {outcome}")
+            load_seconds = time.monotonic() - started - paused
         processes, files, clean_after = await wait_clean(soak)
         await asyncio.sleep(SETTLE_SECONDS)
         end = snapshot(soak.server_pid, started)  # the workers' keep-alive connections still open
@@ -672,7 +705,17 @@ async def run_soak(soak: Soak, seconds: float, baseline_at: float, seed: int, ff
     verification = await verify_records(soak, ffmpeg, seed)
     after_verify = snapshot(soak.server_pid, started)
     return Outcome(
-        load_seconds, baseline, end, after_verify, processes, files, clean_after, verification, paused
+        seconds=load_seconds,
+        baseline=baseline,
+        end=end,
+        after_verify=after_verify,
+        leftover_processes=processes,
+        leftover_files=files,
+        clean_after=clean_after,
+        verification=verification,
+        paused=paused,
+        peak_tree_rss=sampler.peak.rss,
+        peak_tree_processes=sampler.max_processes,
     )
 
 
@@ -735,6 +778,8 @@ def table(soak: Soak, outcome: Outcome, reasons: list[str]) -> str:
         f" decode and match the WAV (worst duration error {verification.worst_duration_error:.3f} s,"
         f" limit {DURATION_TOLERANCE_SECONDS} s) in {verification.seconds:.1f} s;"
         f" Range answers checked: {soak.range_checks}",
+        f"server tree during the load (sampled every {SAMPLE_SECONDS:g} s): peak RSS"
+        f" {_mib(outcome.peak_tree_rss)}, up to {outcome.peak_tree_processes} processes (server + ffmpeg)",
         f"{'moment':<28} {'server RSS':>12} {'tree RSS':>12} {'tree procs':>10} {'server fds':>10}",
     ]
     for label, taken in (
@@ -779,6 +824,8 @@ def json_line(soak: Soak, outcome: Outcome, reasons: list[str], args: argparse.N
         "baseline": outcome.baseline.as_json(),
         "end": outcome.end.as_json(),
         "after_verify": outcome.after_verify.as_json(),
+        "peak_tree_rss": outcome.peak_tree_rss,
+        "peak_tree_processes": outcome.peak_tree_processes,
         "rss_growth_pct": round(100 * (outcome.end.rss / outcome.baseline.rss - 1), 2)
         if outcome.baseline.rss
         else None,

@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from models import Question, in_transaction
+from models import Question, database, with_connection
 from quiz.upstream import Clue
 
 QuestionDict = dict[str, Any]
+
+# The public fields, in the order the queries below select them; "id" is the upstream id.
+PUBLIC_COLUMNS = (
+    Question.jservice_id,
+    Question.question,
+    Question.answer,
+    Question.created_at,
+    Question.airdate,
+    Question.value,
+    Question.category,
+    Question.saved_at,
+)
+INSERTED_COLUMNS = "jservice_id, question, answer, created_at, airdate, value, category"
+
+# One statement, so one round trip and one snapshot: `previous` is the latest question as it was
+# just before this batch went in, however many other requests insert at the same time.
+INSERT_NEW = """
+WITH previous AS (
+    SELECT jservice_id, question, answer, created_at, airdate, value, category, saved_at
+    FROM questions ORDER BY id DESC LIMIT 1
+), inserted AS (
+    INSERT INTO questions ({columns}) VALUES {values}
+    ON CONFLICT (jservice_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM inserted), previous.*
+FROM (SELECT 1) AS one LEFT JOIN previous ON TRUE
+"""
 
 
 def iso8601(moment: datetime | None) -> str | None:
@@ -21,46 +48,48 @@ def iso8601(moment: datetime | None) -> str | None:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
-def question_to_dict(row: Question) -> QuestionDict:
-    """The public JSON shape of a stored question; `id` is the upstream id."""
+def question_dict(values: Sequence[Any]) -> QuestionDict:
+    """The public JSON shape of a stored question, from its PUBLIC_COLUMNS values."""
+    jservice_id, question, answer, created_at, airdate, value, category, saved_at = values
     return {
-        "id": row.jservice_id,
-        "question": row.question,
-        "answer": row.answer,
-        "created_at": iso8601(row.created_at),
-        "airdate": iso8601(row.airdate),
-        "value": row.value,
-        "category": row.category,
-        "saved_at": iso8601(row.saved_at),
+        "id": jservice_id,
+        "question": question,
+        "answer": answer,
+        "created_at": iso8601(created_at),
+        "airdate": iso8601(airdate),
+        "value": value,
+        "category": category,
+        "saved_at": iso8601(saved_at),
     }
 
 
-def _latest() -> QuestionDict | None:
-    row = Question.select().order_by(Question.id.desc()).first()
-    return question_to_dict(row) if row else None
+def _row(clue: Clue) -> tuple[Any, ...]:
+    when = clue.created_at, clue.airdate
+    return clue.jservice_id, clue.question, clue.answer, *when, clue.value, clue.category
 
 
-@in_transaction
+@with_connection
 def latest_question() -> QuestionDict | None:
     """The most recently saved question, or None when there is none."""
-    return _latest()
+    row = Question.select(*PUBLIC_COLUMNS).order_by(Question.id.desc()).limit(1).tuples().first()
+    return question_dict(row) if row else None
 
 
-@in_transaction
-def insert_new_questions(clues: Sequence[Clue], with_previous: bool) -> tuple[int, QuestionDict | None]:
-    """Insert the clues whose upstream id is new; return how many were stored and, when
-    asked, the latest question as it was just before this insert."""
-    previous = _latest() if with_previous else None
-    if not clues:
-        return 0, previous
+@with_connection
+def insert_new_questions(clues: Sequence[Clue]) -> tuple[int, QuestionDict | None]:
+    """Insert the clues (at least one) whose upstream id is new, in one statement; return how many
+    were stored and the latest question as it was just before."""
     # In id order: concurrent batches that share ids then lock them in the same order, never a deadlock.
-    rows = [asdict(clue) for clue in sorted(clues, key=lambda clue: clue.jservice_id)]
-    cursor = Question.insert_many(rows).on_conflict_ignore().returning(Question.jservice_id).execute()
-    return len(list(cursor)), previous
+    ordered = sorted(clues, key=lambda clue: clue.jservice_id)
+    params = [value for clue in ordered for value in _row(clue)]
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(ordered))
+    cursor = database.execute_sql(INSERT_NEW.format(columns=INSERTED_COLUMNS, values=values), params)
+    stored, *previous = cursor.fetchone()
+    return stored, question_dict(previous) if previous[0] is not None else None
 
 
-@in_transaction
+@with_connection
 def list_questions(limit: int, offset: int) -> dict[str, Any]:
     """One page of stored questions, newest first, and the total count."""
-    rows = Question.select().order_by(Question.id.desc()).limit(limit).offset(offset)
-    return {"items": [question_to_dict(row) for row in rows], "total": Question.select().count()}
+    rows: Any = Question.select(*PUBLIC_COLUMNS).order_by(Question.id.desc()).limit(limit).offset(offset)
+    return {"items": [question_dict(row) for row in rows.tuples()], "total": Question.select().count()}

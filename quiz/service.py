@@ -89,9 +89,11 @@ async def store_new_questions(
             continue
         failures = 0
         batch = unique_clues(clues)[: count - saved]
-        stored, before = await run_db(insert_new_questions, batch, saved == 0)
-        if saved == 0:
-            previous = before
+        stored = 0
+        if batch:
+            stored, before = await run_db(insert_new_questions, batch)
+            if saved == 0:
+                previous = before
         saved += stored
         if stored == 0:
             last_problem = "no_new_questions"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from models import Record, in_transaction
+from models import Record, in_transaction, with_connection
 from records.storage import StoredAudio
 
 
-@in_transaction
+@in_transaction  # a row must never appear after a crash (start-up would have deleted its file)
 def insert_record(audio: StoredAudio, user_id: int, original_name: str) -> None:
     """The row for an MP3 that is already in place."""
     Record.create(
@@ -22,13 +22,13 @@ def insert_record(audio: StoredAudio, user_id: int, original_name: str) -> None:
     )
 
 
-@in_transaction
+@with_connection
 def record_paths() -> set[str]:
     """The relative paths of every stored record."""
     return {record.path for record in Record.select(Record.path)}
 
 
-@in_transaction
+@with_connection
 def find_record(record_id: uuid.UUID, user_id: int) -> dict[str, Any] | None:
     """The record with this id if it belongs to this user, else None."""
     record = Record.get_or_none((Record.id == record_id) & (Record.user == user_id))

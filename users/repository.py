@@ -7,7 +7,7 @@ import hmac
 import uuid
 from typing import Any, Literal
 
-from models import User, in_transaction
+from models import User, with_connection
 from quiz.repository import iso8601
 
 TokenCheck = Literal["ok", "unknown_user", "wrong_token"]
@@ -18,7 +18,7 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-@in_transaction
+@with_connection
 def create_user(name: str) -> tuple[int, str]:
     """Store a user with a fresh uuid4 token; returns (id, token). The token is never stored."""
     token = str(uuid.uuid4())
@@ -26,7 +26,7 @@ def create_user(name: str) -> tuple[int, str]:
     return user.id, token
 
 
-@in_transaction
+@with_connection
 def find_user(user_id: int) -> dict[str, Any] | None:
     """A user's public fields, or None."""
     user = User.get_or_none(User.id == user_id)
@@ -35,7 +35,7 @@ def find_user(user_id: int) -> dict[str, Any] | None:
     return {"id": user.id, "name": user.name, "created_at": iso8601(user.created_at)}
 
 
-@in_transaction
+@with_connection
 def check_token(user_id: int, token: str) -> TokenCheck:
     """Whether `token` belongs to the user, compared in constant time."""
     stored = User.select(User.token_sha256).where(User.id == user_id).scalar()
