@@ -833,6 +833,7 @@ def json_line(soak: Soak, outcome: Outcome, reasons: list[str], args: argparse.N
         "leftover_processes": len(outcome.leftover_processes),
         "leftover_tmp_files": len(outcome.leftover_files),
         "failed_checks": soak.failure_count,
+        "failure_kinds": dict(sorted(soak.failure_kinds.items())),
         "verdict": "PASS" if not reasons else "FAIL",
         "reasons": reasons,
     }

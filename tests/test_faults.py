@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 from pgserver import postgres_server
 
-from tests.audio import make_wav, upload_form
+from tests.audio import make_wav, silent_wav, upload_form
 from tests.support import (
     CONNECTION_LOST,
     assert_problem,
@@ -122,6 +122,17 @@ async def check_consistent_after_restart(db: str, env: dict[str, str], tmp_path:
         server.stop()
 
 
+async def kill_then_restart(server, upload, db, env, tmp_path, media) -> None:
+    """SIGKILL the server under an upload, then check what a restart finds; only the upload made
+    after the restart has a row."""
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait()
+    with pytest.raises(CONNECTION_LOST):
+        await upload
+    await check_consistent_after_restart(db, env, tmp_path, media)
+    assert sql(db, "SELECT count(*) FROM records") == [(1,)]
+
+
 @pytest.fixture
 def upload_env(db, standin, tmp_path):
     media = tmp_path / "media"
@@ -146,13 +157,8 @@ async def test_sigkill_while_an_upload_streams_in(db, upload_env, tmp_path):
         post_streaming(f"{server.base_url}/records", form[1], half_then(form[0], release))
     )
     await poll(lambda: any(path.stat().st_size > 0 for path in media_state(media)[0]))
-    server.process.send_signal(signal.SIGKILL)
-    server.process.wait()
     release.set()
-    with pytest.raises(CONNECTION_LOST):
-        await upload
-    await check_consistent_after_restart(db, env, tmp_path, media)
-    assert sql(db, "SELECT count(*) FROM records") == [(1,)]
+    await kill_then_restart(server, upload, db, env, tmp_path, media)
 
 
 @pytest.mark.gen_test(timeout=180)
@@ -160,15 +166,10 @@ async def test_sigkill_while_ffmpeg_converts(db, upload_env, tmp_path):
     media, env = upload_env
     server = await serve_process(env, tmp_path / "server.log")
     user = (await call(server.base_url, "POST", "/users", {"name": "u"})).json
-    form = upload_form(user, make_wav(240.0, 48000, 2, 2))
+    form = upload_form(user, silent_wav(240.0))
     upload = asyncio.ensure_future(post_form(server.base_url, form, timeout=120))
     await poll(lambda: [p for p in server_children(server.process.pid) if "ffmpeg" in p.name()], deadline=60)
-    server.process.send_signal(signal.SIGKILL)
-    server.process.wait()
-    with pytest.raises(CONNECTION_LOST):
-        await upload
-    await check_consistent_after_restart(db, env, tmp_path, media)
-    assert sql(db, "SELECT count(*) FROM records") == [(1,)]
+    await kill_then_restart(server, upload, db, env, tmp_path, media)
 
 
 @pytest.mark.gen_test(timeout=180)
