@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STANDIN_PORT ?= 8001
 
-.PHONY: test lint run standin clean bench bench-quick
+.PHONY: test lint run standin clean bench bench-quick soak
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(BIN)/.installed
 
 bench-quick: $(BIN)/.installed
 	$(BIN)/python bench/run.py --quick
+
+# Soak: 120 s of mixed load against one server (`make soak SOAK_ARGS=--quick` for 20 s)
+soak: $(BIN)/.installed
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

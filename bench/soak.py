@@ -79,6 +79,7 @@ REQUEST_TIMEOUT = 120.0  # one request, upload and conversion included
 MAX_ACTIONS_PER_WORKER = 1_000_000
 MAX_CAPACITY_RETRIES = 5
 MAX_RETRY_AFTER_SECONDS = 30.0
+DEFAULT_RETRY_AFTER_SECONDS = 5.0
 RANGE_MAX_BYTES = 64 * 1024
 RSS_TOLERANCE = 0.15
 FD_SLACK = 5
@@ -102,7 +103,6 @@ FAILURE_KINDS = {  # besides 5xx, connection errors and lost uploads
     "harness": "harness problems (workers stuck or crashed)",
 }
 TIME_RE = re.compile(rb"time=\s*(\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
-CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+)$")
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
@@ -369,9 +369,9 @@ async def do_questions(soak: Soak, connection: Connection, rng: random.Random) -
 
 
 async def upload_once(soak: Soak, account: Account, wav: Path) -> Response | None:
-    """One POST /records on its own connection. After an answer that refused the upload (read before
-    the body was), a keep-alive client reuses the connection unless told `Connection: close`: check
-    with GET /health that the server really kept it open."""
+    """One POST /records on its own connection; after a refusal, check the connection was kept open."""
+    # A keep-alive client reuses the connection unless the answer says `Connection: close`, so a
+    # refusal read before the body that leaves that out must leave the connection usable.
     connection = Connection(HOST, soak.port)
     body, headers = multipart(account, wav)
     try:
@@ -398,6 +398,15 @@ async def upload_once(soak: Soak, account: Account, wav: Path) -> Response | Non
         await connection.close()
 
 
+def retry_after_seconds(soak: Soak, response: Response) -> float:
+    """The Retry-After delay in seconds, capped (a value that is not a number of seconds fails a check)."""
+    value = response.headers.get("retry-after", "")
+    if not value.isdigit():
+        soak.fail("body", f"upload: Retry-After {value!r} is not a number of seconds")
+        return DEFAULT_RETRY_AFTER_SECONDS
+    return min(MAX_RETRY_AFTER_SECONDS, float(value))
+
+
 async def do_upload(soak: Soak, connection: Connection, rng: random.Random) -> None:
     """POST /records with a WAV from disk; a capacity 503 is retried after its Retry-After."""
     if not soak.accounts:
@@ -412,7 +421,7 @@ async def do_upload(soak: Soak, connection: Connection, rng: random.Random) -> N
             return
         if is_capacity_503(response):
             soak.stats["upload"].capacity_503 += 1
-            delay = min(MAX_RETRY_AFTER_SECONDS, float(response.headers["retry-after"]))
+            delay = retry_after_seconds(soak, response)
             if time.monotonic() + delay > soak.deadline:
                 return  # the soak is over before the retry could go: not a failure
             await asyncio.sleep(delay)
@@ -563,8 +572,7 @@ async def worker(soak: Soak, index: int, seed: int, connection: Connection) -> N
 
 
 async def quiet_snapshot(soak: Soak, started: float) -> tuple[Snapshot, float]:
-    """Park every worker between actions, let the server settle, read RSS and fds, and reopen the
-    gate; returns the snapshot and how long the load was paused."""
+    """Park the workers between actions, read RSS and fds, reopen; returns the snapshot and pause."""
     paused = time.monotonic()
     soak.gate.open.clear()
     for _ in range(int(PAUSE_DEADLINE_SECONDS / POLL_SECONDS)):
@@ -580,8 +588,7 @@ async def quiet_snapshot(soak: Soak, started: float) -> tuple[Snapshot, float]:
 
 
 async def wait_clean(soak: Soak) -> tuple[list[str], list[str], float]:
-    """Poll until the server has no child processes and MEDIA_DIR/.tmp is empty, for a few seconds;
-    returns what is left and how long it took."""
+    """Poll a few seconds for no server children and an empty MEDIA_DIR/.tmp; returns what is left."""
     began = time.monotonic()
     processes: list[str] = []
     files: list[str] = []
@@ -606,8 +613,7 @@ class Verification:
 
 
 async def verify_records(soak: Soak, ffmpeg: str, seed: int) -> Verification:
-    """Download every record once more, decode it with ffmpeg and compare its duration with the WAV's,
-    and ask one random Range of it."""
+    """Download, decode and time every record once more, and check one random Range of each."""
     result = Verification(records=len(soak.records))
     began = time.monotonic()
     deadline = began + VERIFY_SECONDS
@@ -670,8 +676,7 @@ class Outcome:
 
 
 async def run_soak(soak: Soak, seconds: float, baseline_at: float, seed: int, ffmpeg: str) -> Outcome:
-    """Run the workers for `seconds` of load, with a quiet snapshot at `baseline_at` and one at the
-    end, then the leftover checks and the final verification."""
+    """The load with quiet snapshots at `baseline_at` and at the end, then the leftover and final checks."""
     (soak.workdir / "references").mkdir()
     (soak.workdir / "downloads").mkdir()
     connections = [Connection(HOST, soak.port) for _ in range(WORKERS)]
@@ -902,7 +907,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the soak in a temporary directory."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=FULL_SECONDS, help="load duration (default 120)")
-    parser.add_argument("--quick", action="store_true", help="20 s, baseline after 5 s (a smoke run)")
+    parser.add_argument(
+        "--quick", action="store_true", help="20 s, baseline after 5 s (a smoke run; overrides --seconds)"
+    )
     parser.add_argument("--seed", type=int, default=SEED, help="the workers' RNG seed")
     args = parser.parse_args(argv)
     if not args.quick and args.seconds <= FULL_BASELINE_SECONDS:

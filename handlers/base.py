@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import re
+from asyncio import Future
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
@@ -276,6 +277,11 @@ class BaseHandler(RequestHandler):
         self.set_status(status_code)
         self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Type", PROBLEM_CONTENT_TYPE)
+        body_read: Future[None] | None = getattr(self.request, "_body_future", None)
+        if body_read is not None and not body_read.done():
+            # Answered before the body is in: Tornado will close the connection, so say so
+            # (RFC 9112 9.6), or a keep-alive client would send its next request into a dead socket.
+            self.set_header("Connection", "close")
         # ASCII escapes, so that even a field name with a lone surrogate can be reported.
         self.finish(json.dumps({**problem, **(extra or {})}).encode())
 

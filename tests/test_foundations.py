@@ -144,3 +144,24 @@ async def test_a_second_service_on_the_same_media_dir_refuses_to_start(database_
         assert (await call(first.base_url, "GET", "/health")).status == 200
     finally:
         first.stop()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /records HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 999999999\r\n\r\n",
+        b"POST /records HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n",
+        b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n",
+    ],
+)
+async def test_answers_sent_before_the_body_is_read_say_connection_close(base_url, head):
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(65536), timeout=10)
+    writer.close()
+    assert answer.startswith((b"HTTP/1.1 413", b"HTTP/1.1 400"))
+    assert b"\r\nConnection: close\r\n" in answer
