@@ -10,16 +10,16 @@ import re
 from asyncio import Future
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http import HTTPStatus
 from typing import Any, ParamSpec, TypeVar
 
 from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
-from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
+from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from config import Settings
 from converters.mp3 import Mp3Settings
 from converters.pool import ConversionPool
+from handlers.problems import PROBLEM_CONTENT_TYPE, ApiError, invalid, phrase
 from models import DatabaseUnavailable
 from quiz.upstream import JServiceClient
 from records.storage import MediaStore
@@ -32,43 +32,6 @@ log = logging.getLogger("api")
 
 MAX_JSON_BYTES = 64 * 1024
 ASCII_INTEGER = re.compile(r"-?[0-9]{1,19}")
-PROBLEM_CONTENT_TYPE = "application/problem+json"
-
-
-class ApiError(HTTPError):
-    """An error answered as an RFC 9457 problem document."""
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        *,
-        extra: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(status, reason=HTTPStatus(status).phrase)
-        self.detail = detail
-        self.extra = extra or {}
-        self.headers = headers or {}
-
-
-def invalid(field: str, message: str) -> ApiError:
-    """A 422 problem about one field of the request."""
-    return ApiError(
-        422,
-        f"{field}: {message}",
-        extra={"errors": [{"field": field, "message": message}]},
-    )
-
-
-def sole_field(body: dict[str, Any], name: str) -> Any:
-    """The value of the only field a body may have; 422 for a missing or an unknown field."""
-    unknown = sorted(set(body) - {name})
-    if unknown:
-        raise invalid(unknown[0], f"unknown field; the only field is {name}")
-    if name not in body:
-        raise invalid(name, "is required")
-    return body[name]
 
 
 @stream_request_body
@@ -270,7 +233,7 @@ class BaseHandler(RequestHandler):
         """Finish with an RFC 9457 problem document."""
         problem = {
             "type": "about:blank",
-            "title": _phrase(status_code),
+            "title": phrase(status_code),
             "status": status_code,
             "detail": detail,
         }
@@ -294,7 +257,7 @@ class BaseHandler(RequestHandler):
             return error.log_message % error.args if error.args else error.log_message
         if isinstance(error, PeeweeException):
             return "the database failed to answer this request"
-        return _phrase(status_code)
+        return phrase(status_code)
 
     def allowed_methods(self) -> list[str]:
         """The HTTP methods this handler implements, for Allow headers."""
@@ -303,32 +266,6 @@ class BaseHandler(RequestHandler):
             for method in self.SUPPORTED_METHODS
             if getattr(type(self), method.lower()) is not getattr(RequestHandler, method.lower())
         ]
-
-
-class StaticBaseHandler(BaseHandler, StaticFileHandler):
-    """StaticFileHandler's file serving (Range, HEAD, 304) with this API's problem documents."""
-
-    def initialize(self, path: str) -> None:  # type: ignore[override]
-        """Serve files below `path`."""
-        BaseHandler.initialize(self)
-        StaticFileHandler.initialize(self, path)
-
-    def compute_etag(self) -> str | None:
-        """StaticFileHandler's content hash (the base handler sends no ETags)."""
-        return StaticFileHandler.compute_etag(self)
-
-    async def get(self, path: str, include_body: bool = True) -> None:
-        """Send the file; an unsatisfiable range becomes a problem document too."""
-        await StaticFileHandler.get(self, path, include_body)
-        if self.get_status() == 416 and not self._finished:
-            self.write_problem(416, "the requested range is not satisfiable")
-
-
-def _phrase(status_code: int) -> str:
-    try:
-        return HTTPStatus(status_code).phrase
-    except ValueError:
-        return "Error"
 
 
 class NotFoundHandler(BaseHandler):

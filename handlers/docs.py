@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 from swagger_ui_bundle import swagger_ui_path
 
-from handlers.base import BaseHandler, StaticBaseHandler
+from handlers.base import BaseHandler
+from handlers.static import StaticBaseHandler
 
 OPENAPI_FILE = Path(__file__).resolve().parent.parent / "openapi.yaml"
 SWAGGER_UI_DIR = str(swagger_ui_path)

@@ -12,7 +12,9 @@ from typing import Any
 
 from converters.mp3 import ConversionFailed, ConversionInterrupted
 from converters.wav import InvalidWav, NotWav
-from handlers.base import ApiError, BaseHandler, StaticBaseHandler, invalid
+from handlers.base import BaseHandler
+from handlers.problems import ApiError, invalid
+from handlers.static import StaticBaseHandler
 from records.names import content_disposition, sanitize_filename
 from records.repository import find_record, insert_record
 from records.storage import StoredAudio, convert_into_store

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import ApiError, BaseHandler, invalid, sole_field
+from handlers.base import BaseHandler
+from handlers.problems import ApiError, invalid, sole_field
 from models import storable_text
 from users.repository import create_user, find_user
 
