@@ -15,7 +15,7 @@ from tornado.web import Application
 
 from config import ConfigError, Settings, load_settings
 from converters.ffmpeg import find_ffmpeg
-from converters.mp3 import Mp3Settings, kill_running_conversions
+from converters.mp3 import Mp3Settings
 from converters.pool import ConversionPool
 from embedded_db import start_embedded_postgres
 from handlers import ROUTES
@@ -85,7 +85,7 @@ def prepare_storage(app: Application, wait_seconds: float) -> None:
 def close_app(app: Application) -> None:
     """Release what `make_app` built."""
     app.settings["http_client"].close()
-    kill_running_conversions()
+    app.settings["mp3"].running.stop_all()
     app.settings["conversions"].shutdown()
     app.settings["io_executor"].shutdown(wait=True)
     app.settings["media"].close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from converters.wav import WavInfo
@@ -17,24 +17,48 @@ class ConversionFailed(ValueError):
 
 
 class ConversionInterrupted(RuntimeError):
-    """ffmpeg was stopped from outside (a signal, the service shutting down): not the input's fault."""
+    """The service stopped ffmpeg (shutting down, or a time limit): not the input's fault."""
 
 
 class ConversionTimeout(ConversionInterrupted):
     """ffmpeg ran longer than allowed and was killed."""
 
 
-_running: set[subprocess.Popen[bytes]] = set()
-_running_lock = threading.Lock()
+class RunningConversions:
+    """The ffmpeg processes one service runs, so that its shutdown can stop them and refuse more."""
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[bytes]] = set()
+        self._stopped: set[subprocess.Popen[bytes]] = set()
+        self._closing = False
 
-def kill_running_conversions() -> int:
-    """SIGKILL every ffmpeg this process is running (at shutdown, once the grace period is over)."""
-    with _running_lock:
-        processes = list(_running)
-    for process in processes:
-        process.kill()
-    return len(processes)
+    def start(self, command: list[str]) -> subprocess.Popen[bytes]:
+        """Start ffmpeg, unless the service is shutting down."""
+        with self._lock:
+            if self._closing:
+                raise ConversionInterrupted("the service is shutting down")
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+            self._running.add(process)
+            return process
+
+    def finish(self, process: subprocess.Popen[bytes]) -> bool:
+        """Forget a finished process; True when `stop_all` killed it."""
+        with self._lock:
+            self._running.discard(process)
+            return process in self._stopped
+
+    def stop_all(self) -> int:
+        """SIGKILL every running ffmpeg and refuse new ones (at shutdown, after the grace period)."""
+        with self._lock:
+            self._closing = True
+            processes = list(self._running)
+            self._stopped.update(processes)
+        for process in processes:
+            process.kill()
+        return len(processes)
 
 
 @dataclass(frozen=True)
@@ -44,6 +68,7 @@ class Mp3Settings:
     ffmpeg: str
     bitrate: str
     timeout: float
+    running: RunningConversions = field(default_factory=RunningConversions, compare=False)
 
 
 def mp3_sample_rate(rate: int) -> int:
@@ -87,15 +112,9 @@ def ffmpeg_command(settings: Mp3Settings, source: Path, target: Path, wav: WavIn
 
 
 def convert_wav_to_mp3(settings: Mp3Settings, source: Path, target: Path, wav: WavInfo) -> None:
-    """Encode `source` into `target` (blocking); raises ConversionFailed or ConversionTimeout."""
-    process = subprocess.Popen(
-        ffmpeg_command(settings, source, target, wav),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    with _running_lock:
-        _running.add(process)
+    """Encode `source` into `target` (blocking). Raises ConversionFailed when ffmpeg cannot (a crash
+    included), ConversionTimeout, or ConversionInterrupted when the service stopped it."""
+    process = settings.running.start(ffmpeg_command(settings, source, target, wav))
     try:
         _, errors = process.communicate(timeout=settings.timeout)
     except subprocess.TimeoutExpired:
@@ -103,10 +122,9 @@ def convert_wav_to_mp3(settings: Mp3Settings, source: Path, target: Path, wav: W
         process.communicate()
         raise ConversionTimeout(f"the conversion took longer than {settings.timeout:g}s") from None
     finally:
-        with _running_lock:
-            _running.discard(process)
-    if process.returncode < 0:
-        raise ConversionInterrupted(f"the conversion was stopped (signal {-process.returncode})")
+        stopped = settings.running.finish(process)
+    if stopped:
+        raise ConversionInterrupted("the service is shutting down")
     if process.returncode != 0 or not target.exists() or target.stat().st_size == 0:
         message = errors.decode("utf-8", "replace").strip().splitlines()
         reason = message[-1] if message else f"ffmpeg exited with {process.returncode}"

@@ -10,6 +10,8 @@ import uuid
 from asyncio import Future
 from typing import Any
 
+from tornado.web import HTTPError
+
 from converters.mp3 import ConversionFailed, ConversionInterrupted
 from converters.wav import InvalidWav, NotWav
 from handlers.base import BaseHandler
@@ -53,7 +55,7 @@ class RecordUploadHandler(BaseHandler):
         self._reserved = False
         super().prepare()
         if self.request.method != "POST":
-            return  # Tornado answers 405 once the (capped) body is in
+            raise HTTPError(405)  # before the body: it may be larger than anything but an upload
         connection: Any = self.request.connection
         connection.set_max_body_size(self.max_body_bytes * TORNADO_CAP_FACTOR + 2**20)
         connection.set_body_timeout(self.config.upload_timeout)

@@ -109,12 +109,12 @@ class MediaStore:
 
 
 def stop_processes_using(directory: Path) -> None:
-    """SIGKILL processes whose command line names a file in `directory` (Linux /proc; elsewhere a no-op).
-    A SIGKILLed server cannot stop its ffmpeg children, which would go on writing there."""
-    marker = f"{directory}/".encode()
+    """SIGKILL processes with an argument `file:<directory>/...`: the ffmpeg children of a SIGKILLed
+    server, which would go on writing there (Linux /proc; elsewhere a no-op)."""
+    marker = f"file:{directory}/".encode()  # how ffmpeg_command names its input and output
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if marker in cmdline.read_bytes():
+            if any(argument.startswith(marker) for argument in cmdline.read_bytes().split(b"\0")):
                 pid = int(cmdline.parent.name)
                 if pid != os.getpid():
                     os.kill(pid, signal.SIGKILL)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from converters.ffmpeg import FfmpegMissing, find_ffmpeg
-from converters.mp3 import mp3_sample_rate
+from converters.mp3 import ConversionInterrupted, Mp3Settings, convert_wav_to_mp3, mp3_sample_rate
+from converters.wav import read_wav_info
 from records.names import content_disposition, sanitize_filename
+from records.storage import stop_processes_using
+from tests.audio import silent_wav
 
 
 @pytest.mark.parametrize(
@@ -59,3 +68,36 @@ def test_a_configured_ffmpeg_must_exist():
 )
 def test_rates_mp3_lacks_map_to_the_nearest(rate, expected):
     assert mp3_sample_rate(rate) == expected
+
+
+def test_a_shutdown_stops_running_conversions_and_refuses_new_ones(tmp_path):
+    source = tmp_path / "long.wav"
+    source.write_bytes(silent_wav(900.0))
+    settings = Mp3Settings(find_ffmpeg(None), "192k", timeout=120)
+    wav = read_wav_info(source)
+    with ThreadPoolExecutor(1) as pool:
+        conversion = pool.submit(convert_wav_to_mp3, settings, source, tmp_path / "out.mp3", wav)
+        deadline = time.monotonic() + 30
+        while not settings.running._running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert settings.running.stop_all() == 1
+        with pytest.raises(ConversionInterrupted):
+            conversion.result(timeout=30)
+    with pytest.raises(ConversionInterrupted):
+        convert_wav_to_mp3(settings, source, tmp_path / "again.mp3", wav)
+
+
+def test_only_ffmpeg_style_file_arguments_in_the_directory_are_stopped(tmp_path):
+    directory = tmp_path / "media" / ".tmp"
+    directory.mkdir(parents=True)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    bystander = subprocess.Popen([*sleeper, f"/elsewhere{directory}/x.wav", f"{directory}/x.wav"])
+    writer = subprocess.Popen([*sleeper, f"file:{directory}/x.wav"])
+    try:
+        stop_processes_using(directory)
+        assert writer.wait(timeout=10) == -signal.SIGKILL
+        assert bystander.poll() is None
+    finally:
+        for process in (bystander, writer):
+            process.kill()
+            process.wait()

@@ -373,3 +373,10 @@ async def test_a_client_that_leaves_during_conversion_keeps_its_slot_until_ffmpe
     await poll(lambda: app.settings["conversions"].reserved == 0, deadline=60)
     assert record_count(db) == 0
     assert media_files(settings) == []
+
+
+@pytest.mark.gen_test
+async def test_a_large_body_with_the_wrong_method_still_gets_a_405_problem(base_url, db):
+    reply = await call(base_url, "PUT", "/records", raw=b"x" * 2_000_000)
+    assert_problem(reply, 405)
+    assert reply.headers["Allow"] == "POST"
