@@ -43,6 +43,7 @@ class Settings:
     ffmpeg_binary: str | None = None
     http_idle_timeout: float = 60.0
     http_body_timeout: float = 60.0
+    workers: int = 1
 
     @property
     def media_root(self) -> Path:
@@ -135,6 +136,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "FFMPEG_BINARY": ("ffmpeg_binary", _text),
     "HTTP_IDLE_TIMEOUT": ("http_idle_timeout", _seconds),
     "HTTP_BODY_TIMEOUT": ("http_body_timeout", _seconds),
+    "WORKERS": ("workers", _int_in(1, 64)),
 }
 
 

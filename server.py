@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from config import ConfigError, Settings, load_settings
@@ -41,7 +45,6 @@ def make_app(settings: Settings) -> Application:
         raise ValueError("make_app needs settings.database_url")
     bind_database(open_database(settings.database_url, settings.db_pool_size))
     media = MediaStore(settings.media_root)
-    media.prepare()
     http_client = AsyncHTTPClient(
         force_instance=True, max_clients=UPSTREAM_MAX_CLIENTS, max_body_size=UPSTREAM_MAX_BODY_BYTES
     )
@@ -74,12 +77,20 @@ def make_server(app: Application, settings: Settings) -> HTTPServer:
     )
 
 
-def prepare_storage(app: Application, wait_seconds: float) -> None:
-    """Start-up work before listening (blocking): create the tables, waiting for the database,
-    then delete MP3s that a crash left without a row."""
-    create_tables(wait_seconds)
-    media: MediaStore = app.settings["media"]
-    media.remove_orphans(record_paths())
+def prepare_storage(settings: Settings) -> MediaStore:
+    """Start-up work, once per service and before any worker listens (blocking): take MEDIA_DIR
+    (the returned store holds its lock for the life of the process), wait for the database and
+    create the tables, then delete what a crash left (temporary files, MP3s without a row)."""
+    assert settings.database_url is not None
+    media = MediaStore(settings.media_root)
+    media.prepare()
+    bind_database(open_database(settings.database_url, 1))
+    try:
+        create_tables(settings.db_wait_seconds)
+        media.remove_orphans(record_paths())
+    finally:
+        database.close_all()  # workers open their own pools; no connection may cross a fork
+    return media
 
 
 def close_app(app: Application) -> None:
@@ -93,13 +104,13 @@ def close_app(app: Application) -> None:
     database.close_all()
 
 
-async def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then let in-flight requests finish within the grace period."""
+async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
+    """Serve on `sockets` until SIGTERM or SIGINT, then let in-flight requests finish within the
+    grace period."""
     app = make_app(settings)
-    await asyncio.get_running_loop().run_in_executor(None, prepare_storage, app, settings.db_wait_seconds)
     server = make_server(app, settings)
-    server.listen(settings.port, settings.host, backlog=LISTEN_BACKLOG)
-    log.info("listening on http://%s:%d", settings.host, settings.port)
+    server.add_sockets(sockets)
+    log.info("listening on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -114,6 +125,45 @@ async def serve(settings: Settings) -> None:
     log.info("stopped")
 
 
+def run_workers(settings: Settings, sockets: list[socket.socket]) -> int:
+    """Fork WORKERS processes that share the listening sockets (the kernel spreads connections over
+    them), pass SIGTERM and SIGINT on to them, and return once all have ended: 0 if all stopped
+    cleanly. A worker that dies on its own stops the others, so the service restarts as a whole."""
+    children: set[int] = set()
+    for _ in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                asyncio.run(serve(settings, sockets))
+            except BaseException:
+                log.exception("worker %d failed", os.getpid())
+                code = 1
+            os._exit(code)
+        children.add(pid)
+    stopping = False
+
+    def stop_children(signum: int = signal.SIGTERM, frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop_children)
+    signal.signal(signal.SIGINT, stop_children)
+    status = 0
+    while children:
+        pid, wait_status = os.wait()
+        children.discard(pid)
+        if os.waitstatus_to_exitcode(wait_status) != 0:
+            status = 1
+            if not stopping:
+                log.error("worker %d ended unexpectedly; stopping the others", pid)
+                stop_children()
+    return status
+
+
 def main() -> None:
     """Read the configuration, start the database if embedded, and serve."""
     try:
@@ -124,10 +174,15 @@ def main() -> None:
     if settings.database_url is None:
         settings = replace(settings, database_url=start_embedded_postgres(settings.embedded_db_dir))
     try:
-        asyncio.run(serve(settings))
+        media = prepare_storage(settings)
+        sockets = bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
+        if settings.workers > 1:
+            sys.exit(run_workers(settings, sockets))
+        asyncio.run(serve(settings, sockets))
     except Exception as error:  # a start-up failure: one line, not a traceback
         first_line = (str(error).strip().splitlines() or [""])[0]
         sys.exit(f"cannot start: {type(error).__name__}: {first_line}")
+    media.close()
 
 
 if __name__ == "__main__":

@@ -151,6 +151,8 @@ def start_server(processes: Processes, database_url: str, standin_port: int) -> 
         "DATA_DIR": str(processes.workdir / "data"),
         "MEDIA_DIR": str(processes.workdir / "media"),
         "LOG_LEVEL": SERVER_LOG_LEVEL,
+        # `BENCH_WORKERS=2 make bench` measures the multi-process mode.
+        "WORKERS": os.environ.get("BENCH_WORKERS", "1"),
     }
     processes.start("server", [sys.executable, "server.py"], env)
     wait_http(processes, "server", port, "/health")

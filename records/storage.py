@@ -40,13 +40,13 @@ class MediaStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.temp_dir = self.root / TEMP_DIR_NAME
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
         self._lock: int | None = None
 
     def prepare(self) -> int:
         """Create the directories and take the directory's lock (one service per MEDIA_DIR), then
         stop ffmpeg processes a killed predecessor left writing into the temporary directory and
-        delete the temporary files it left; returns how many files."""
-        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        delete the temporary files it left; returns how many files. Once per service, at start-up."""
         if self._lock is None:
             self._lock = os.open(self.root / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT, 0o600)
             try:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from config import ConfigError, Settings, load_settings
@@ -165,3 +166,46 @@ async def test_answers_sent_before_the_body_is_read_say_connection_close(base_ur
     writer.close()
     assert answer.startswith((b"HTTP/1.1 413", b"HTTP/1.1 400"))
     assert b"\r\nConnection: close\r\n" in answer
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_workers_share_the_port_and_stop_together(database_url, standin, tmp_path):
+    env = {
+        "DATABASE_URL": database_url,
+        "JSERVICE_URL": standin.url,
+        "DATA_DIR": str(tmp_path),
+        "WORKERS": "2",
+    }
+    server = await serve_process(env, tmp_path / "server.log")
+    try:
+        workers = psutil.Process(server.process.pid).children()
+        assert len(workers) == 2
+        replies = await asyncio.gather(
+            *(call(server.base_url, "POST", "/users", {"name": "w"}) for _ in range(40))
+        )
+        assert {reply.status for reply in replies} == {201}
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+        assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
+    finally:
+        server.stop()
+    assert server.log.count("stopped") == 2
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_worker_that_dies_takes_the_service_down_for_a_clean_restart(database_url, standin, tmp_path):
+    env = {
+        "DATABASE_URL": database_url,
+        "JSERVICE_URL": standin.url,
+        "DATA_DIR": str(tmp_path),
+        "WORKERS": "2",
+    }
+    server = await serve_process(env, tmp_path / "server.log")
+    try:
+        first, second = psutil.Process(server.process.pid).children()
+        first.kill()
+        assert server.process.wait(timeout=30) != 0
+        second.wait(timeout=30)
+    finally:
+        server.stop()
+    assert "ended unexpectedly" in server.log
