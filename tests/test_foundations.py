@@ -168,44 +168,37 @@ async def test_answers_sent_before_the_body_is_read_say_connection_close(base_ur
     assert b"\r\nConnection: close\r\n" in answer
 
 
-@pytest.mark.gen_test(timeout=120)
-async def test_workers_share_the_port_and_stop_together(database_url, standin, tmp_path):
+@pytest.fixture
+def two_workers(database_url, standin, tmp_path, io_loop):
+    """A server process with WORKERS=2, and its two worker processes."""
     env = {
         "DATABASE_URL": database_url,
         "JSERVICE_URL": standin.url,
         "DATA_DIR": str(tmp_path),
         "WORKERS": "2",
     }
-    server = await serve_process(env, tmp_path / "server.log")
-    try:
-        workers = psutil.Process(server.process.pid).children()
-        assert len(workers) == 2
-        replies = await asyncio.gather(
-            *(call(server.base_url, "POST", "/users", {"name": "w"}) for _ in range(40))
-        )
-        assert {reply.status for reply in replies} == {201}
-        server.process.send_signal(signal.SIGTERM)
-        assert server.process.wait(timeout=30) == 0
-        assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
-    finally:
-        server.stop()
+    server = io_loop.run_sync(lambda: serve_process(env, tmp_path / "server.log"))
+    yield server, psutil.Process(server.process.pid).children()
+    server.stop()
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_workers_share_the_port_and_stop_together(two_workers):
+    server, workers = two_workers
+    assert len(workers) == 2
+    body = {"name": "w"}
+    replies = await asyncio.gather(*(call(server.base_url, "POST", "/users", body) for _ in range(40)))
+    assert {reply.status for reply in replies} == {201}
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=30) == 0
+    assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
     assert server.log.count("stopped") == 2
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_a_worker_that_dies_takes_the_service_down_for_a_clean_restart(database_url, standin, tmp_path):
-    env = {
-        "DATABASE_URL": database_url,
-        "JSERVICE_URL": standin.url,
-        "DATA_DIR": str(tmp_path),
-        "WORKERS": "2",
-    }
-    server = await serve_process(env, tmp_path / "server.log")
-    try:
-        first, second = psutil.Process(server.process.pid).children()
-        first.kill()
-        assert server.process.wait(timeout=30) != 0
-        second.wait(timeout=30)
-    finally:
-        server.stop()
+async def test_a_worker_that_dies_takes_the_service_down_for_a_clean_restart(two_workers):
+    server, (first, second) = two_workers
+    first.kill()
+    assert server.process.wait(timeout=30) != 0
+    second.wait(timeout=30)
     assert "ended unexpectedly" in server.log
