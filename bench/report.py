@@ -70,27 +70,22 @@ def titles(profile: Profile) -> dict[str, str]:
     }
 
 
+# What every HTTP load scenario against the service reports.
+HTTP_LOAD_ROWS = [
+    ("rps", "requests/s"),
+    ("p50_ms", "p50 latency, ms"),
+    ("p99_ms", "p99 latency, ms"),
+    ("non2xx", "non-2xx responses"),
+    ("errors", "socket errors"),
+    ("cpu_ms_per_req", "server CPU ms / request"),
+    ("cpu_pct", "server CPU, % of one core"),
+    ("db_cpu_ms_per_req", "PostgreSQL CPU ms / request"),
+]
+
 ROWS: dict[str, list[tuple[str, str]]] = {
-    "users": [
-        ("rps", "requests/s"),
-        ("p50_ms", "p50 latency, ms"),
-        ("p99_ms", "p99 latency, ms"),
-        ("non2xx", "non-2xx responses"),
-        ("errors", "socket errors"),
-        ("cpu_ms_per_req", "server CPU ms / request"),
-        ("cpu_pct", "server CPU, % of one core"),
-        ("db_cpu_ms_per_req", "PostgreSQL CPU ms / request"),
-        ("client_cpu_pct", "load client CPU, % of one core"),
-    ],
+    "users": [*HTTP_LOAD_ROWS, ("client_cpu_pct", "load client CPU, % of one core")],
     "questions": [
-        ("rps", "requests/s"),
-        ("p50_ms", "p50 latency, ms"),
-        ("p99_ms", "p99 latency, ms"),
-        ("non2xx", "non-2xx responses"),
-        ("errors", "socket errors"),
-        ("cpu_ms_per_req", "server CPU ms / request"),
-        ("cpu_pct", "server CPU, % of one core"),
-        ("db_cpu_ms_per_req", "PostgreSQL CPU ms / request"),
+        *HTTP_LOAD_ROWS,
         ("standin_cpu_pct", "stand-in CPU, % of one core"),
         ("client_cpu_pct", "load client CPU, % of one core"),
         ("standin_rps", "stand-in alone: requests/s"),

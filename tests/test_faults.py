@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg2
@@ -15,6 +16,7 @@ from pgserver import postgres_server
 from tests.audio import make_wav, silent_wav, upload_form
 from tests.support import (
     CONNECTION_LOST,
+    ServerProcess,
     assert_problem,
     call,
     poll,
@@ -77,6 +79,13 @@ async def test_database_restart_gives_503s_then_recovers_without_a_restart(stand
 
 async def _status_is(base: str, path: str, status: int) -> bool:
     return (await call(base, "GET", path, timeout=5)).status == status
+
+
+async def server_with_user(env: dict[str, str], tmp_path: Path) -> tuple[ServerProcess, dict[str, Any]]:
+    """A server process and a user of it."""
+    server = await serve_process(env, tmp_path / "server.log")
+    user: dict[str, Any] = (await call(server.base_url, "POST", "/users", {"name": "u"})).json
+    return server, user
 
 
 def half_then(body: bytes, release: asyncio.Event):
@@ -148,8 +157,7 @@ def upload_env(db, standin, tmp_path):
 @pytest.mark.gen_test(timeout=180)
 async def test_sigkill_while_an_upload_streams_in(db, upload_env, tmp_path):
     media, env = upload_env
-    server = await serve_process(env, tmp_path / "server.log")
-    user = (await call(server.base_url, "POST", "/users", {"name": "u"})).json
+    server, user = await server_with_user(env, tmp_path)
     form = upload_form(user, make_wav(3.0))
     release = asyncio.Event()
 
@@ -164,8 +172,7 @@ async def test_sigkill_while_an_upload_streams_in(db, upload_env, tmp_path):
 @pytest.mark.gen_test(timeout=180)
 async def test_sigkill_while_ffmpeg_converts(db, upload_env, tmp_path):
     media, env = upload_env
-    server = await serve_process(env, tmp_path / "server.log")
-    user = (await call(server.base_url, "POST", "/users", {"name": "u"})).json
+    server, user = await server_with_user(env, tmp_path)
     form = upload_form(user, silent_wav(240.0))
     upload = asyncio.ensure_future(post_form(server.base_url, form, timeout=120))
     await poll(lambda: [p for p in server_children(server.process.pid) if "ffmpeg" in p.name()], deadline=60)
@@ -175,8 +182,7 @@ async def test_sigkill_while_ffmpeg_converts(db, upload_env, tmp_path):
 @pytest.mark.gen_test(timeout=180)
 async def test_sigkill_after_the_rename_before_the_row_commits(db, upload_env, tmp_path):
     media, env = upload_env
-    server = await serve_process(env, tmp_path / "server.log")
-    user = (await call(server.base_url, "POST", "/users", {"name": "u"})).json
+    server, user = await server_with_user(env, tmp_path)
     form = upload_form(user, make_wav(1.0))
     # Holding a lock on the table stops the server's INSERT after the MP3 is already in place.
     blocker = psycopg2.connect(db)
@@ -200,8 +206,7 @@ async def test_sigkill_after_the_rename_before_the_row_commits(db, upload_env, t
 async def test_sigterm_lets_uploads_and_quiz_requests_finish(db, upload_env, standin, tmp_path):
     media, env = upload_env
     standin.behaviour.latency = 1.0
-    server = await serve_process(env, tmp_path / "server.log")
-    user = (await call(server.base_url, "POST", "/users", {"name": "u"})).json
+    server, user = await server_with_user(env, tmp_path)
     form = upload_form(user, make_wav(2.0))
     release = asyncio.Event()
 
