@@ -14,6 +14,8 @@ from playhouse.pool import PooledPostgresqlDatabase
 from playhouse.postgres_ext import DateTimeTZField
 from psycopg2.extensions import TRANSACTION_STATUS_UNKNOWN, parse_dsn
 
+from runtime import first_line
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -147,7 +149,7 @@ def create_tables(wait_seconds: float) -> None:
         except DatabaseUnavailable as error:
             if time.monotonic() >= deadline:
                 raise
-            log.info("database not ready (%s), retrying", str(error).strip().splitlines()[0])
+            log.info("database not ready (%s), retrying", first_line(error))
             time.sleep(0.5)
 
 

@@ -38,6 +38,11 @@ class InFlight:
         return True
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (driver errors run to several), or ''."""
+    return (str(error).strip().splitlines() or [""])[0]
+
+
 def log_request(handler: RequestHandler) -> None:
     """One access-log line a request: method, path (never the query, which may hold secrets),
     status and milliseconds."""

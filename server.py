@@ -29,7 +29,7 @@ from models import bind_database, create_tables, database, open_database
 from quiz.upstream import JServiceClient
 from records.repository import record_paths
 from records.storage import MediaStore
-from runtime import InFlight, log_request
+from runtime import InFlight, first_line, log_request
 
 log = logging.getLogger("server")
 
@@ -180,8 +180,7 @@ def main() -> None:
             sys.exit(run_workers(settings, sockets))
         asyncio.run(serve(settings, sockets))
     except Exception as error:  # a start-up failure: one line, not a traceback
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        sys.exit(f"cannot start: {type(error).__name__}: {first_line}")
+        sys.exit(f"cannot start: {type(error).__name__}: {first_line(error)}")
     media.close()
 
 

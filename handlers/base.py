@@ -19,11 +19,11 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from config import Settings
 from converters.mp3 import Mp3Settings
 from converters.pool import ConversionPool
-from handlers.problems import PROBLEM_CONTENT_TYPE, ApiError, invalid, phrase
+from handlers.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER, ApiError, invalid, phrase
 from models import DatabaseUnavailable
 from quiz.upstream import JServiceClient
 from records.storage import MediaStore
-from runtime import InFlight
+from runtime import InFlight, first_line
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -210,11 +210,9 @@ class BaseHandler(RequestHandler):
         try:
             return await loop.run_in_executor(self.db_executor, lambda: work(*args, **kwargs))
         except (*DatabaseUnavailable, MaxConnectionsExceeded) as error:
-            log.warning(
-                "database unavailable: %s", str(error).strip().splitlines()[0] if str(error) else error
-            )
+            log.warning("database unavailable: %s", first_line(error))
             raise ApiError(
-                503, "the database is unavailable, try again shortly", headers={"Retry-After": "5"}
+                503, "the database is unavailable, try again shortly", headers=RETRY_AFTER
             ) from None
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:

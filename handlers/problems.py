@@ -8,6 +8,8 @@ from typing import Any
 from tornado.web import HTTPError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+# On 503s where waiting helps: the database, conversion capacity, the disk.
+RETRY_AFTER = {"Retry-After": "5"}
 
 
 class ApiError(HTTPError):

@@ -15,7 +15,7 @@ from tornado.web import HTTPError
 from converters.mp3 import ConversionFailed, ConversionInterrupted
 from converters.wav import InvalidWav, NotWav
 from handlers.base import BaseHandler
-from handlers.problems import ApiError, invalid
+from handlers.problems import RETRY_AFTER, ApiError, invalid
 from handlers.static import StaticBaseHandler
 from records.names import content_disposition, sanitize_filename
 from records.repository import find_record, insert_record
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 # Tornado's own cap sits well above ours, so that our 413 answers first even for chunked bodies.
 TORNADO_CAP_FACTOR = 2
-RETRY_AFTER = {"Retry-After": "5"}
 BEARER = re.compile(r"Bearer\s+(\S+)\s*$", re.IGNORECASE)
 USER_ID = re.compile(r"[1-9][0-9]{0,17}")
 
