@@ -17,6 +17,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
+from batching import Batcher
 from config import ConfigError, Settings, load_settings
 from converters.ffmpeg import find_ffmpeg
 from converters.mp3 import Mp3Settings
@@ -30,6 +31,7 @@ from quiz.upstream import JServiceClient
 from records.repository import record_paths
 from records.storage import MediaStore
 from runtime import InFlight, first_line, log_request
+from users.repository import create_users
 
 log = logging.getLogger("server")
 
@@ -37,6 +39,7 @@ UPSTREAM_MAX_CLIENTS = 100
 UPSTREAM_MAX_BODY_BYTES = 8 * 1024 * 1024
 LISTEN_BACKLOG = 1024
 IO_THREADS = 4
+USER_BATCH_ITEMS = 256
 
 
 def make_app(settings: Settings) -> Application:
@@ -48,12 +51,15 @@ def make_app(settings: Settings) -> Application:
     http_client = AsyncHTTPClient(
         force_instance=True, max_clients=UPSTREAM_MAX_CLIENTS, max_body_size=UPSTREAM_MAX_BODY_BYTES
     )
+    db_executor = ThreadPoolExecutor(settings.db_pool_size, thread_name_prefix="db")
     return Application(
         ROUTES,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         config=settings,
-        db_executor=ThreadPoolExecutor(settings.db_pool_size, thread_name_prefix="db"),
+        db_executor=db_executor,
+        # Half the connections at most, so that reads and other writes still find one.
+        user_batches=Batcher(create_users, db_executor, max(1, settings.db_pool_size // 2), USER_BATCH_ITEMS),
         http_client=http_client,
         jservice=JServiceClient(http_client, settings.jservice_url),
         conversions=ConversionPool(settings.convert_workers, settings.convert_queue),

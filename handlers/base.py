@@ -8,7 +8,7 @@ import json
 import logging
 import re
 from asyncio import Future
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
@@ -16,6 +16,7 @@ from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from batching import Batcher
 from config import Settings
 from converters.mp3 import Mp3Settings
 from converters.pool import ConversionPool
@@ -62,6 +63,12 @@ class BaseHandler(RequestHandler):
         """The threads that talk to the database; no more of them than pooled connections."""
         executor: ThreadPoolExecutor = self.application.settings["db_executor"]
         return executor
+
+    @property
+    def user_batches(self) -> Batcher[str, tuple[int, str]]:
+        """Creates users: concurrent sign-ups share one INSERT (name -> (id, token))."""
+        batcher: Batcher[str, tuple[int, str]] = self.application.settings["user_batches"]
+        return batcher
 
     @property
     def jservice(self) -> JServiceClient:
@@ -207,8 +214,12 @@ class BaseHandler(RequestHandler):
     async def run_db(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a database function on the DB executor; 503 when the database cannot answer."""
         loop = asyncio.get_running_loop()
+        return await self.db_result(loop.run_in_executor(self.db_executor, lambda: work(*args, **kwargs)))
+
+    async def db_result(self, work: Awaitable[R]) -> R:
+        """Await database work (a `run_db` call, a batched write); 503 when the database cannot answer."""
         try:
-            return await loop.run_in_executor(self.db_executor, lambda: work(*args, **kwargs))
+            return await work
         except (*DatabaseUnavailable, MaxConnectionsExceeded) as error:
             log.warning("database unavailable: %s", first_line(error))
             raise ApiError(

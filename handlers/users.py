@@ -7,7 +7,7 @@ from typing import Any
 from handlers.base import BaseHandler
 from handlers.problems import ApiError, invalid, sole_field
 from models import storable_text
-from users.repository import create_user, find_user
+from users.repository import find_user
 
 MAX_NAME_CHARS = 100
 
@@ -28,7 +28,7 @@ class UsersHandler(BaseHandler):
     async def post(self) -> None:
         """Create a user; the token is shown only in this answer."""
         name = parse_user_name(self.json_object())
-        user_id, token = await self.run_db(create_user, name)
+        user_id, token = await self.db_result(self.user_batches.submit(name))
         self.set_header("Location", f"/users/{user_id}")
         self.write_json({"id": user_id, "token": token}, status=201)
 

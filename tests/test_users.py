@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import uuid
 
 import pytest
@@ -75,3 +77,15 @@ async def test_body_that_is_not_a_json_object_is_400(base_url, db, raw):
 @pytest.mark.parametrize("path", ["/users/999", "/users/abc", "/users/99999999999999999999999"])
 async def test_unknown_user_is_404(base_url, db, path):
     assert_problem(await call(base_url, "GET", path), 404)
+
+
+@pytest.mark.gen_test
+async def test_concurrent_sign_ups_each_get_their_own_id_and_working_token(base_url, db):
+    replies = await asyncio.gather(*(call(base_url, "POST", "/users", {"name": f"u{n}"}) for n in range(60)))
+    users = [reply.json for reply in replies]
+    assert all(reply.status == 201 for reply in replies)
+    assert len({user["id"] for user in users}) == len({user["token"] for user in users}) == 60
+    stored = dict(sql(db, "SELECT id, token_sha256 FROM users"))
+    for n, user in enumerate(users):
+        assert stored[user["id"]] == hashlib.sha256(user["token"].encode()).hexdigest()
+        assert (await call(base_url, "GET", f"/users/{user['id']}")).json["name"] == f"u{n}"

@@ -19,11 +19,15 @@ def token_digest(token: str) -> str:
 
 
 @with_connection
-def create_user(name: str) -> tuple[int, str]:
-    """Store a user with a fresh uuid4 token; returns (id, token). The token is never stored."""
-    token = str(uuid.uuid4())
-    user = User.create(name=name, token_sha256=token_digest(token))
-    return user.id, token
+def create_users(names: list[str]) -> list[tuple[int, str]]:
+    """Store one user per name, each with a fresh uuid4 token, in one statement (one commit);
+    returns (id, token) per name, in order. Tokens are never stored."""
+    tokens = [str(uuid.uuid4()) for _ in names]
+    digests = [token_digest(token) for token in tokens]
+    rows = [{"name": name, "token_sha256": digest} for name, digest in zip(names, digests, strict=True)]
+    # Matched by digest: PostgreSQL does not promise RETURNING rows in VALUES order.
+    ids = dict(User.insert_many(rows).returning(User.token_sha256, User.id).tuples().execute())
+    return [(ids[digest], token) for digest, token in zip(digests, tokens, strict=True)]
 
 
 @with_connection
