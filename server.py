@@ -12,7 +12,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from tornado.httpclient import AsyncHTTPClient
+from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
@@ -36,7 +36,6 @@ from users.repository import create_users
 log = logging.getLogger("server")
 
 UPSTREAM_MAX_CLIENTS = 100
-UPSTREAM_MAX_BODY_BYTES = 8 * 1024 * 1024
 LISTEN_BACKLOG = 1024
 IO_THREADS = 4
 USER_BATCH_ITEMS = 256
@@ -48,9 +47,7 @@ def make_app(settings: Settings) -> Application:
         raise ValueError("make_app needs settings.database_url")
     bind_database(open_database(settings.database_url, settings.db_pool_size))
     media = MediaStore(settings.media_root)
-    http_client = AsyncHTTPClient(
-        force_instance=True, max_clients=UPSTREAM_MAX_CLIENTS, max_body_size=UPSTREAM_MAX_BODY_BYTES
-    )
+    http_client = CurlAsyncHTTPClient(force_instance=True, max_clients=UPSTREAM_MAX_CLIENTS)
     db_executor = ThreadPoolExecutor(settings.db_pool_size, thread_name_prefix="db")
     return Application(
         ROUTES,

@@ -8,12 +8,15 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, TypeGuard
 
+import pycurl
+from tornado.curl_httpclient import CurlError
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from tornado.simple_httpclient import HTTPTimeoutError
 
 from models import storable_text
 
 MAX_BATCH = 100
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+UNREACHABLE = frozenset({pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT})
 SANE_YEARS = range(1800, 2201)
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -45,8 +48,14 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
 
 
+def limit_answer_size(curl: pycurl.Curl) -> None:
+    """Make libcurl abandon an answer larger than MAX_ANSWER_BYTES while it arrives."""
+    curl.setopt(pycurl.MAXFILESIZE_LARGE, MAX_ANSWER_BYTES)
+
+
 class JServiceClient:
-    """Fetches random clues over one shared AsyncHTTPClient."""
+    """Fetches random clues over one shared libcurl-backed AsyncHTTPClient, which keeps connections
+    to the upstream alive between calls."""
 
     def __init__(self, http: AsyncHTTPClient, base_url: str) -> None:
         self._http = http
@@ -61,6 +70,7 @@ class JServiceClient:
             request_timeout=timeout,
             follow_redirects=True,
             max_redirects=3,
+            prepare_curl_callback=limit_answer_size,
         )
         try:
             response = await self._http.fetch(request)
@@ -84,10 +94,16 @@ class JServiceClient:
 
 
 def _http_failure(error: HTTPClientError) -> UpstreamError:
-    if isinstance(error, HTTPTimeoutError):
+    if isinstance(error, CurlError) and error.errno == pycurl.E_OPERATION_TIMEDOUT:
         return UpstreamError(
             "timeout", f"the upstream did not answer in time: {error.message}", transient=True
         )
+    if isinstance(error, CurlError) and error.errno == pycurl.E_FILESIZE_EXCEEDED:
+        return UpstreamError(
+            "bad_gateway", f"the upstream's answer is larger than {MAX_ANSWER_BYTES} bytes", transient=False
+        )
+    if isinstance(error, CurlError) and error.errno in UNREACHABLE:
+        return UpstreamError("bad_gateway", f"cannot reach the upstream: {error.message}", transient=True)
     if error.code == 599:
         return UpstreamError("bad_gateway", f"upstream call failed: {error.message}", transient=True)
     retry_after = None

@@ -159,6 +159,14 @@ async def test_upstream_answering_garbage_is_502(base_url, db, standin, garbage)
 
 
 @pytest.mark.gen_test
+async def test_an_upstream_answer_over_8_mib_is_abandoned_with_502(base_url, db, standin):
+    standin.behaviour.garbage = "[" + "0," * (4 * 1024 * 1024 + 1) + "0]"
+    problem = assert_problem(await post_questions(base_url, 3), 502)
+    assert "larger than" in problem["detail"]
+    assert len(standin.behaviour.requested_counts) == 1
+
+
+@pytest.mark.gen_test
 @pytest.mark.settings(jservice_max_calls=4)
 async def test_upstream_unreachable_is_502(base_url, db, standin):
     standin.server.stop()
