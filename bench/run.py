@@ -37,7 +37,7 @@ from bench.processes import (
     start_standin,
 )
 from bench.report import json_lines, table
-from bench.scenarios import FULL, QUICK, Bench, Profile, run_all
+from bench.scenarios import FULL, QUICK, SCENARIOS, Bench, Profile, run_all
 from converters.ffmpeg import find_ffmpeg
 
 
@@ -80,7 +80,7 @@ def report_failure(processes: Processes) -> None:
         print(processes.log_tail(name), file=sys.stderr)
 
 
-def benchmark(profile: Profile, quick: bool, workdir: Path) -> int:
+def benchmark(profile: Profile, quick: bool, workdir: Path, names: list[str]) -> int:
     """Start what the run needs, run it, print the results; always stop what was started."""
     wrk, nginx = shutil.which("wrk"), shutil.which("nginx")
     tool = "wrk" if wrk else PYTHON_TOOL
@@ -118,7 +118,7 @@ def benchmark(profile: Profile, quick: bool, workdir: Path) -> int:
         ours = (bench.server_pid, bench.standin_pid, bench.db_pid)
         busy_before, ours_before, started = machine_busy_seconds(), our_cpu_seconds(ours), time.monotonic()
         try:
-            results = asyncio.run(run_all(bench))
+            results = asyncio.run(run_all(bench, names))
         except Exception:
             report_failure(processes)
             raise
@@ -145,11 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the benchmark in a temporary directory."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 rep, 2 s loads, short WAVs (a smoke run)")
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        choices=[[], *SCENARIOS],
+        metavar="SCENARIO",
+        help="run only these (default: all)",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupted)
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
-        return benchmark(QUICK if args.quick else FULL, args.quick, workdir)
+        return benchmark(
+            QUICK if args.quick else FULL, args.quick, workdir, args.scenarios or list(SCENARIOS)
+        )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,10 +268,12 @@ SCENARIOS: dict[str, Callable[[Bench], Awaitable[Metrics]]] = {
 }
 
 
-async def run_all(bench: Bench) -> dict[str, list[Metrics]]:
-    """Every scenario `reps` times in a row; progress goes to stderr."""
+async def run_all(bench: Bench, names: Collection[str]) -> dict[str, list[Metrics]]:
+    """The named scenarios (in SCENARIOS order), each `reps` times in a row; progress goes to stderr."""
     results: dict[str, list[Metrics]] = {}
     for name, scenario in SCENARIOS.items():
+        if name not in names:
+            continue
         for rep in range(1, bench.profile.reps + 1):
             started = time.perf_counter()
             metrics = await scenario(bench)
