@@ -132,22 +132,47 @@ async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
     log.info("stopped")
 
 
-def run_workers(settings: Settings, sockets: list[socket.socket]) -> int:
-    """Fork WORKERS processes that share the listening sockets (the kernel spreads connections over
-    them), pass SIGTERM and SIGINT on to them, and return once all have ended: 0 if all stopped
-    cleanly. A worker that dies on its own stops the others, so the service restarts as a whole."""
+def bind_worker_sockets(settings: Settings) -> list[list[socket.socket]]:
+    """Listening sockets for each of WORKERS processes, all on one port with SO_REUSEPORT: the kernel
+    spreads new connections evenly over them, where with one shared socket whichever worker wakes
+    first accepts a whole burst."""
+    first = bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG, reuse_port=True)
+    port = first[0].getsockname()[1]  # PORT=0 picks a free port once, for all workers
+    others = [
+        bind_sockets(port, settings.host, backlog=LISTEN_BACKLOG, reuse_port=True)
+        for _ in range(settings.workers - 1)
+    ]
+    return [first, *others]
+
+
+def close_sockets(sockets: list[socket.socket]) -> None:
+    """Close listening sockets in this process."""
+    for sock in sockets:
+        sock.close()
+
+
+def run_workers(settings: Settings, worker_sockets: list[list[socket.socket]]) -> int:
+    """Fork one process per socket set, pass SIGTERM and SIGINT on to them, and return once all have
+    ended: 0 if all stopped cleanly. A worker that dies on its own stops the others, so the service
+    restarts as a whole. Each socket stays open only in its own worker: the kernel keeps handing
+    connections to a listening socket for as long as any process holds it."""
     children: set[int] = set()
-    for _ in range(settings.workers):
+    for own in worker_sockets:
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                asyncio.run(serve(settings, sockets))
+                for sockets in worker_sockets:
+                    if sockets is not own:
+                        close_sockets(sockets)
+                asyncio.run(serve(settings, own))
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
                 code = 1
             os._exit(code)
         children.add(pid)
+    for sockets in worker_sockets:
+        close_sockets(sockets)
     stopping = False
 
     def stop_children(signum: int = signal.SIGTERM, frame: object = None) -> None:
@@ -182,10 +207,9 @@ def main() -> None:
         settings = replace(settings, database_url=start_embedded_postgres(settings.embedded_db_dir))
     try:
         media = prepare_storage(settings)
-        sockets = bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
         if settings.workers > 1:
-            sys.exit(run_workers(settings, sockets))
-        asyncio.run(serve(settings, sockets))
+            sys.exit(run_workers(settings, bind_worker_sockets(settings)))
+        asyncio.run(serve(settings, bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)))
     except Exception as error:  # a start-up failure: one line, not a traceback
         sys.exit(f"cannot start: {type(error).__name__}: {first_line(error)}")
     media.close()

@@ -7,7 +7,7 @@ import hmac
 import uuid
 from typing import Any, Literal
 
-from models import User, with_connection
+from models import User, database, with_connection
 from quiz.repository import iso8601
 
 TokenCheck = Literal["ok", "unknown_user", "wrong_token"]
@@ -18,15 +18,21 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+# One statement for any number of users, with two array parameters: no per-row query building.
+INSERT_USERS = """
+INSERT INTO users (name, token_sha256) SELECT * FROM unnest(%s::text[], %s::text[])
+RETURNING token_sha256, id
+"""
+
+
 @with_connection
 def create_users(names: list[str]) -> list[tuple[int, str]]:
     """Store one user per name, each with a fresh uuid4 token, in one statement (one commit);
     returns (id, token) per name, in order. Tokens are never stored."""
     tokens = [str(uuid.uuid4()) for _ in names]
     digests = [token_digest(token) for token in tokens]
-    rows = [{"name": name, "token_sha256": digest} for name, digest in zip(names, digests, strict=True)]
-    # Matched by digest: PostgreSQL does not promise RETURNING rows in VALUES order.
-    ids = dict(User.insert_many(rows).returning(User.token_sha256, User.id).tuples().execute())
+    # Matched by digest: PostgreSQL does not promise RETURNING rows in input order.
+    ids = dict(database.execute_sql(INSERT_USERS, (names, digests)).fetchall())
     return [(ids[digest], token) for digest, token in zip(digests, tokens, strict=True)]
 
 
