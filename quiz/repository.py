@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from models import Question, database, with_connection
+from models import PreparedStatement, Question, with_connection
 from quiz.upstream import Clue
 
 QuestionDict = dict[str, Any]
@@ -22,22 +22,29 @@ PUBLIC_COLUMNS = (
     Question.category,
     Question.saved_at,
 )
-INSERTED_COLUMNS = "jservice_id, question, answer, created_at, airdate, value, category"
-
 # One statement, so one round trip and one snapshot: `previous` is the latest question as it was
-# just before this batch went in, however many other requests insert at the same time.
-INSERT_NEW = """
+# just before this batch went in, however many other requests insert at the same time. The rows
+# come as one array per column, so the statement has one shape for any batch and is prepared once.
+INSERT_NEW = PreparedStatement(
+    "insert_new_questions",
+    ["bigint[]", "text[]", "text[]", "timestamptz[]", "timestamptz[]", "integer[]", "text[]"],
+    """
 WITH previous AS (
     SELECT jservice_id, question, answer, created_at, airdate, value, category, saved_at
     FROM questions ORDER BY id DESC LIMIT 1
 ), inserted AS (
-    INSERT INTO questions ({columns}) VALUES {values}
+    INSERT INTO questions (jservice_id, question, answer, created_at, airdate, value, category)
+    SELECT jservice_id, question, answer, created_at, airdate, value, category
+    FROM unnest($1, $2, $3, $4, $5, $6, $7) WITH ORDINALITY
+        AS batch (jservice_id, question, answer, created_at, airdate, value, category, position)
+    ORDER BY position
     ON CONFLICT (jservice_id) DO NOTHING
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM inserted), previous.*
 FROM (SELECT 1) AS one LEFT JOIN previous ON TRUE
-"""
+""",
+)
 
 
 def iso8601(moment: datetime | None) -> str | None:
@@ -81,9 +88,8 @@ def insert_new_questions(clues: Sequence[Clue]) -> tuple[int, QuestionDict | Non
     were stored and the latest question as it was just before."""
     # In id order: concurrent batches that share ids then lock them in the same order, never a deadlock.
     ordered = sorted(clues, key=lambda clue: clue.jservice_id)
-    params = [value for clue in ordered for value in _row(clue)]
-    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(ordered))
-    cursor = database.execute_sql(INSERT_NEW.format(columns=INSERTED_COLUMNS, values=values), params)
+    columns = [list(column) for column in zip(*map(_row, ordered), strict=True)]
+    cursor = INSERT_NEW.execute(columns)
     stored, *previous = cursor.fetchone()
     return stored, question_dict(previous) if previous[0] is not None else None
 
