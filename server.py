@@ -17,7 +17,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from batching import Batcher
+from batching import Batcher, on_executor
 from config import ConfigError, Settings, load_settings
 from converters.ffmpeg import find_ffmpeg
 from converters.mp3 import Mp3Settings
@@ -27,6 +27,7 @@ from handlers import ROUTES
 from handlers.base import MAX_JSON_BYTES, NotFoundHandler
 from handlers.docs import load_openapi_document
 from models import bind_database, create_tables, database, open_database
+from quiz.shared import SharedUpstream
 from quiz.upstream import JServiceClient
 from records.repository import record_paths
 from records.storage import MediaStore
@@ -36,6 +37,8 @@ from users.repository import create_users
 log = logging.getLogger("server")
 
 UPSTREAM_MAX_CLIENTS = 100
+# Concurrent POST /questions requests share this many upstream calls at a time (quiz/shared.py).
+UPSTREAM_CALLS_IN_FLIGHT = 4
 LISTEN_BACKLOG = 1024
 IO_THREADS = 4
 BODY_CHUNK_BYTES = 1024 * 1024
@@ -57,9 +60,11 @@ def make_app(settings: Settings) -> Application:
         config=settings,
         db_executor=db_executor,
         # Half the connections at most, so that reads and other writes still find one.
-        user_batches=Batcher(create_users, db_executor, max(1, settings.db_pool_size // 2), USER_BATCH_ITEMS),
+        user_batches=Batcher(
+            on_executor(db_executor, create_users), max(1, settings.db_pool_size // 2), USER_BATCH_ITEMS
+        ),
         http_client=http_client,
-        jservice=JServiceClient(http_client, settings.jservice_url),
+        jservice=SharedUpstream(JServiceClient(http_client, settings.jservice_url), UPSTREAM_CALLS_IN_FLIGHT),
         conversions=ConversionPool(settings.convert_workers, settings.convert_queue),
         io_executor=ThreadPoolExecutor(IO_THREADS, thread_name_prefix="io"),
         media=media,

@@ -22,7 +22,7 @@ from converters.mp3 import Mp3Settings
 from converters.pool import ConversionPool
 from handlers.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER, ApiError, invalid, phrase
 from models import DatabaseUnavailable
-from quiz.upstream import JServiceClient
+from quiz.shared import SharedUpstream
 from records.storage import MediaStore
 from runtime import InFlight, first_line
 
@@ -71,9 +71,9 @@ class BaseHandler(RequestHandler):
         return batcher
 
     @property
-    def jservice(self) -> JServiceClient:
+    def jservice(self) -> SharedUpstream:
         """The quiz upstream client."""
-        client: JServiceClient = self.application.settings["jservice"]
+        client: SharedUpstream = self.application.settings["jservice"]
         return client
 
     @property

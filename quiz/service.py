@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from quiz.repository import QuestionDict, insert_new_questions, latest_question
-from quiz.upstream import MAX_BATCH, Clue, JServiceClient, UpstreamError
+from quiz.upstream import MAX_BATCH, Clue, RandomClues, UpstreamError
 
 RunDb = Callable[..., Awaitable[Any]]
 Shortfall = Literal["timeout", "bad_gateway", "no_new_questions"]
@@ -55,7 +55,7 @@ def backoff_delay(failures: int) -> float:
 
 
 async def store_new_questions(
-    count: int, client: JServiceClient, run_db: RunDb, budget: Budget
+    count: int, client: RandomClues, run_db: RunDb, budget: Budget
 ) -> QuestionDict | None:
     """Store `count` questions new to the database and return the question that was the latest
     before this request stored any, or None. Raises QuestionsShortfall when the budget runs out."""

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal, Protocol, TypeGuard
 
 import pycurl
 from tornado.curl_httpclient import CurlError
@@ -51,6 +51,14 @@ class UpstreamError(Exception):
 def limit_answer_size(curl: pycurl.Curl) -> None:
     """Make libcurl abandon an answer larger than MAX_ANSWER_BYTES while it arrives."""
     curl.setopt(pycurl.MAXFILESIZE_LARGE, MAX_ANSWER_BYTES)
+
+
+class RandomClues(Protocol):
+    """Where random clues come from."""
+
+    async def fetch_random(self, count: int, timeout: float) -> list[Clue]:
+        """Up to `count` random clues; raises UpstreamError when there is no usable answer."""
+        ...
 
 
 class JServiceClient:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from quiz.upstream import parse_clue, parse_retry_after
+from quiz.upstream import UpstreamError, parse_clue, parse_retry_after
 from tests.support import assert_problem, call, sql
 
 
@@ -342,3 +342,42 @@ def test_upstream_dates_out_of_range_become_null(moment):
 )
 def test_retry_after_forms(header, expected):
     assert parse_retry_after(header) == expected
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_concurrent_requests_share_upstream_calls_and_each_stores_its_own(base_url, db, standin):
+    standin.behaviour.latency = 0.05
+    standin.behaviour.pool_size = 1_000_000  # no repeats, so every clue asked for is stored
+    replies = await asyncio.gather(*(post_questions(base_url, 5) for _ in range(30)))
+    assert {reply.status for reply in replies} == {200}
+    ids = stored_ids(db)
+    assert len(ids) == len(set(ids)) == 150
+    counts = standin.behaviour.requested_counts
+    assert len(counts) < 30 and max(counts) <= 100 and sum(counts) == 150
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_shared_call_failing_fails_each_of_its_asks_and_the_next_call_goes_out(app, standin):
+    upstream = app.settings["jservice"]
+    standin.behaviour.fail_times = 1
+    outcomes = await asyncio.gather(
+        *(upstream.fetch_random(2, 5.0) for _ in range(3)), return_exceptions=True
+    )
+    assert [type(outcome) for outcome in outcomes] == [UpstreamError] * 3
+    assert standin.behaviour.requested_counts == [6]
+    assert [
+        len(clues)
+        for clues in await asyncio.gather(upstream.fetch_random(2, 5.0), upstream.fetch_random(1, 5.0))
+    ] == [2, 1]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_ask_that_times_out_leaves_the_others_served(app, standin):
+    upstream = app.settings["jservice"]
+    standin.behaviour.latency = 0.5
+    impatient = upstream.fetch_random(3, 0.1)
+    patient = upstream.fetch_random(4, 5.0)
+    outcomes: list[object] = list(await asyncio.gather(impatient, patient, return_exceptions=True))
+    assert isinstance(outcomes[0], UpstreamError) and outcomes[0].kind == "timeout"
+    assert isinstance(outcomes[1], list) and len(outcomes[1]) == 4
+    assert standin.behaviour.requested_counts == [7]
