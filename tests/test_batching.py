@@ -32,6 +32,16 @@ def executor():
         yield pool
 
 
+async def _one_batch_held(executor, first: int, max_weight: int):
+    """A Batcher allowing one batch at a time, whose first batch ([first]) is running, held."""
+    work = Recorder()
+    work.release.clear()
+    batcher = Batcher(on_executor(executor, work), max_batches=1, max_weight=max_weight)
+    running = asyncio.ensure_future(batcher.submit(first))
+    await poll(lambda: work.batches)
+    return work, batcher, running
+
+
 async def _loop_turns(count: int = 3) -> None:
     """Let the event loop run a few turns: enough for a batch to start, were one allowed to."""
     for _ in range(count):
@@ -49,11 +59,7 @@ async def test_items_arriving_together_share_one_batch_and_get_their_own_results
 
 @pytest.mark.gen_test
 async def test_items_wait_for_a_free_batch_and_then_go_together(executor):
-    work = Recorder()
-    work.release.clear()
-    batcher = Batcher(on_executor(executor, work), max_batches=1, max_weight=3)
-    first = asyncio.ensure_future(batcher.submit(0))
-    await poll(lambda: work.batches)
+    work, batcher, first = await _one_batch_held(executor, 0, max_weight=3)
     later = [asyncio.ensure_future(batcher.submit(item)) for item in range(1, 6)]
     await _loop_turns()
     assert work.batches == [[0]]  # one batch at most runs; the others wait
@@ -96,11 +102,7 @@ async def test_a_batch_function_returning_the_wrong_count_fails_rather_than_hang
 
 @pytest.mark.gen_test
 async def test_a_caller_that_stops_waiting_leaves_the_queue_and_the_others_are_served(executor):
-    work = Recorder()
-    work.release.clear()
-    batcher = Batcher(on_executor(executor, work), max_batches=1, max_weight=10)
-    running = asyncio.ensure_future(batcher.submit(1))
-    await poll(lambda: work.batches)
+    work, batcher, running = await _one_batch_held(executor, 1, max_weight=10)
     impatient = asyncio.ensure_future(batcher.submit(2))
     patient = asyncio.ensure_future(batcher.submit(3))
     await _loop_turns()
