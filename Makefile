@@ -28,9 +28,10 @@ run: $(BIN)/.installed
 standin: $(BIN)/.installed
 	$(BIN)/python -m jservice --host 0.0.0.0 --port $(STANDIN_PORT)
 
-# Benchmarks (README "Performance"); wrk and nginx are used when installed: apt-get install wrk nginx
+# Benchmarks (README "Performance"); wrk and nginx are used when installed: apt-get install wrk nginx.
+# `make bench BENCH_ARGS="users questions"` runs only the scenarios named.
 bench: $(BIN)/.installed
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 bench-quick: $(BIN)/.installed
 	$(BIN)/python bench/run.py --quick

@@ -27,6 +27,7 @@ from handlers import ROUTES
 from handlers.base import MAX_JSON_BYTES, NotFoundHandler
 from handlers.docs import load_openapi_document
 from models import bind_database, create_tables, database, open_database
+from quiz.repository import insert_new_questions
 from quiz.shared import SharedUpstream
 from quiz.upstream import JServiceClient
 from records.repository import record_paths
@@ -43,6 +44,7 @@ LISTEN_BACKLOG = 1024
 IO_THREADS = 4
 BODY_CHUNK_BYTES = 1024 * 1024
 USER_BATCH_ITEMS = 256
+QUESTION_BATCH_ROWS = 1000
 
 
 def make_app(settings: Settings) -> Application:
@@ -53,15 +55,18 @@ def make_app(settings: Settings) -> Application:
     media = MediaStore(settings.media_root)
     http_client = CurlAsyncHTTPClient(force_instance=True, max_clients=UPSTREAM_MAX_CLIENTS)
     db_executor = ThreadPoolExecutor(settings.db_pool_size, thread_name_prefix="db")
+    # A quarter of the connections at most for each kind of batched write, so that reads and other
+    # writes always find one; concurrent writes of a kind wait and join the next batch instead.
+    batches = max(1, settings.db_pool_size // 4)
     return Application(
         ROUTES,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         config=settings,
         db_executor=db_executor,
-        # Half the connections at most, so that reads and other writes still find one.
-        user_batches=Batcher(
-            on_executor(db_executor, create_users), max(1, settings.db_pool_size // 2), USER_BATCH_ITEMS
+        user_batches=Batcher(on_executor(db_executor, create_users), batches, USER_BATCH_ITEMS),
+        question_batches=Batcher(
+            on_executor(db_executor, insert_new_questions), batches, QUESTION_BATCH_ROWS, weight=len
         ),
         http_client=http_client,
         jservice=SharedUpstream(JServiceClient(http_client, settings.jservice_url), UPSTREAM_CALLS_IN_FLIGHT),

@@ -22,7 +22,9 @@ from converters.mp3 import Mp3Settings
 from converters.pool import ConversionPool
 from handlers.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER, ApiError, invalid, phrase
 from models import DatabaseUnavailable
+from quiz.repository import QuestionDict
 from quiz.shared import SharedUpstream
+from quiz.upstream import Clue
 from records.storage import MediaStore
 from runtime import InFlight, first_line
 
@@ -68,6 +70,14 @@ class BaseHandler(RequestHandler):
     def user_batches(self) -> Batcher[str, tuple[int, str]]:
         """Creates users: concurrent sign-ups share one INSERT (name -> (id, token))."""
         batcher: Batcher[str, tuple[int, str]] = self.application.settings["user_batches"]
+        return batcher
+
+    @property
+    def question_batches(self) -> Batcher[list[Clue], tuple[int, QuestionDict | None]]:
+        """Stores question batches: those of concurrent requests share one INSERT."""
+        batcher: Batcher[list[Clue], tuple[int, QuestionDict | None]] = self.application.settings[
+            "question_batches"
+        ]
         return batcher
 
     @property

@@ -6,8 +6,8 @@ from typing import Any
 
 from handlers.base import BaseHandler
 from handlers.problems import ApiError, invalid, sole_field
-from quiz.repository import list_questions
-from quiz.service import Budget, QuestionsShortfall, store_new_questions
+from quiz.repository import latest_question, list_questions
+from quiz.service import Budget, QuestionsShortfall, QuestionStore, store_new_questions
 
 SHORTFALL_STATUS = {"bad_gateway": 502, "timeout": 504, "no_new_questions": 503}
 MAX_PAGE = 1000
@@ -33,7 +33,7 @@ class QuestionsHandler(BaseHandler):
             call_timeout=self.config.jservice_timeout,
         )
         try:
-            previous = await store_new_questions(count, self.jservice, self.run_db, budget)
+            previous = await store_new_questions(count, self.jservice, self.question_store, budget)
         except QuestionsShortfall as shortfall:
             raise ApiError(
                 SHORTFALL_STATUS[shortfall.reason],
@@ -41,6 +41,15 @@ class QuestionsHandler(BaseHandler):
                 extra={"saved": shortfall.saved, "requested": shortfall.requested},
             ) from None
         self.write_json(previous or {})
+
+    @property
+    def question_store(self) -> QuestionStore:
+        """The database as the store-N-new-questions loop uses it: batches from concurrent requests
+        share one statement and one commit."""
+        return QuestionStore(
+            latest=lambda: self.run_db(latest_question),
+            insert=lambda clues: self.db_result(self.question_batches.submit(clues)),
+        )
 
     async def get(self) -> None:
         """One page of stored questions, newest first."""

@@ -23,7 +23,7 @@ PUBLIC_COLUMNS = (
     Question.saved_at,
 )
 # One statement, so one round trip and one snapshot: `previous` is the latest question as it was
-# just before this batch went in, however many other requests insert at the same time. The rows
+# just before these rows went in, however many other requests insert at the same time. The rows
 # come as one array per column, so the statement has one shape for any batch and is prepared once.
 INSERT_NEW = PreparedStatement(
     "insert_new_questions",
@@ -39,9 +39,9 @@ WITH previous AS (
         AS batch (jservice_id, question, answer, created_at, airdate, value, category, position)
     ORDER BY position
     ON CONFLICT (jservice_id) DO NOTHING
-    RETURNING 1
+    RETURNING jservice_id
 )
-SELECT (SELECT count(*) FROM inserted), previous.*
+SELECT (SELECT array_agg(jservice_id) FROM inserted), previous.*
 FROM (SELECT 1) AS one LEFT JOIN previous ON TRUE
 """,
 )
@@ -83,15 +83,25 @@ def latest_question() -> QuestionDict | None:
 
 
 @with_connection
-def insert_new_questions(clues: Sequence[Clue]) -> tuple[int, QuestionDict | None]:
-    """Insert the clues (at least one) whose upstream id is new, in one statement; return how many
-    were stored and the latest question as it was just before."""
-    # In id order: concurrent batches that share ids then lock them in the same order, never a deadlock.
-    ordered = sorted(clues, key=lambda clue: clue.jservice_id)
+def insert_new_questions(batches: Sequence[Sequence[Clue]]) -> list[tuple[int, QuestionDict | None]]:
+    """Insert the clues of several requests (a batch each, at least one clue in all) whose upstream
+    id is new, in one statement and one commit. For each batch: how many of its clues were stored
+    (a clue in two batches counts for the first), and the latest question as it was just before."""
+    first_batch: dict[int, int] = {}
+    unique: dict[int, Clue] = {}
+    for index, batch in enumerate(batches):
+        for clue in batch:
+            first_batch.setdefault(clue.jservice_id, index)
+            unique.setdefault(clue.jservice_id, clue)
+    # In id order: concurrent statements that share ids then lock them in the same order, never a deadlock.
+    ordered = sorted(unique.values(), key=lambda clue: clue.jservice_id)
     columns = [list(column) for column in zip(*map(_row, ordered), strict=True)]
-    cursor = INSERT_NEW.execute(columns)
-    stored, *previous = cursor.fetchone()
-    return stored, question_dict(previous) if previous[0] is not None else None
+    inserted, *previous = INSERT_NEW.execute(columns).fetchone()
+    stored = [0] * len(batches)
+    for jservice_id in inserted or ():
+        stored[first_batch[jservice_id]] += 1
+    before = question_dict(previous) if previous[0] is not None else None
+    return [(count, before) for count in stored]
 
 
 @with_connection

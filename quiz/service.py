@@ -6,12 +6,11 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from quiz.repository import QuestionDict, insert_new_questions, latest_question
+from quiz.repository import QuestionDict
 from quiz.upstream import MAX_BATCH, Clue, RandomClues, UpstreamError
 
-RunDb = Callable[..., Awaitable[Any]]
 Shortfall = Literal["timeout", "bad_gateway", "no_new_questions"]
 
 BACKOFF_BASE_SECONDS = 0.05
@@ -25,6 +24,15 @@ class Budget:
     max_calls: int
     seconds: float
     call_timeout: float
+
+
+@dataclass(frozen=True)
+class QuestionStore:
+    """How the loop reaches the database (each call raises when the database cannot answer)."""
+
+    latest: Callable[[], Awaitable[QuestionDict | None]]
+    # Stores the new clues of one batch: how many were new, and the latest question before them.
+    insert: Callable[[list[Clue]], Awaitable[tuple[int, QuestionDict | None]]]
 
 
 class QuestionsShortfall(Exception):
@@ -55,13 +63,12 @@ def backoff_delay(failures: int) -> float:
 
 
 async def store_new_questions(
-    count: int, client: RandomClues, run_db: RunDb, budget: Budget
+    count: int, client: RandomClues, store: QuestionStore, budget: Budget
 ) -> QuestionDict | None:
     """Store `count` questions new to the database and return the question that was the latest
     before this request stored any, or None. Raises QuestionsShortfall when the budget runs out."""
     if count == 0:
-        latest: QuestionDict | None = await run_db(latest_question)
-        return latest
+        return await store.latest()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget.seconds
     saved = calls = failures = 0
@@ -91,7 +98,7 @@ async def store_new_questions(
         batch = unique_clues(clues)[: count - saved]
         stored = 0
         if batch:
-            stored, before = await run_db(insert_new_questions, batch)
+            stored, before = await store.insert(batch)
             if saved == 0:
                 previous = before
         saved += stored

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from quiz.upstream import UpstreamError, parse_clue, parse_retry_after
+from quiz.repository import insert_new_questions
+from quiz.upstream import Clue, UpstreamError, parse_clue, parse_retry_after
 from tests.support import assert_problem, call, sql
 
 
@@ -381,3 +382,15 @@ async def test_an_ask_that_times_out_leaves_the_others_served(app, standin):
     assert isinstance(outcomes[0], UpstreamError) and outcomes[0].kind == "timeout"
     assert isinstance(outcomes[1], list) and len(outcomes[1]) == 4
     assert standin.behaviour.requested_counts == [7]
+
+
+def _clue(jservice_id: int) -> Clue:
+    return Clue(jservice_id, f"question {jservice_id}", "answer", None, None, None, None)
+
+
+def test_batches_stored_together_count_shared_clues_once_and_see_the_same_previous(app, db):
+    assert insert_new_questions([[_clue(1)]]) == [(1, None)]
+    (first, second, third) = insert_new_questions([[_clue(3), _clue(2)], [_clue(2), _clue(4)], [_clue(1)]])
+    assert [first[0], second[0], third[0]] == [2, 1, 0]  # 2 counts for the first batch; 1 was stored
+    assert first[1] == second[1] == third[1] and first[1] is not None and first[1]["id"] == 1
+    assert stored_ids(db) == [1, 2, 3, 4]  # in id order within one statement
