@@ -34,11 +34,14 @@ class Behaviour:
     request_times: list[float] = field(default_factory=list)  # when each arrived (loop time)
 
 
-def load_clues(path: Path = DATA_FILE) -> list[tuple[int, str, dict[str, Any]]]:
-    """(category number, category title, clue) for every clue in the data file."""
+SourceClue = tuple[int, str, int, dict[str, Any]]  # category number, title, clue count; the clue
+
+
+def load_clues(path: Path = DATA_FILE) -> list[SourceClue]:
+    """Every clue in the data file, with its category's number, title and number of clues."""
     categories = json.loads(path.read_text(encoding="utf-8"))
     return [
-        (number, category["category"], clue)
+        (number, category["category"], len(category["clues"]), clue)
         for number, category in enumerate(categories, start=1)
         for clue in category["clues"]
     ]
@@ -48,9 +51,9 @@ def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def render_clue(clue_id: int, clues: list[tuple[int, str, dict[str, Any]]], blank: bool) -> dict[str, Any]:
+def render_clue(clue_id: int, clues: list[SourceClue], blank: bool) -> dict[str, Any]:
     """The clue with upstream id `clue_id`, in jService's JSON shape; ids past the data wrap around."""
-    category_number, title, clue = clues[(clue_id - 1) % len(clues)]
+    category_number, title, category_size, clue = clues[(clue_id - 1) % len(clues)]
     created = _stamp(EPOCH + timedelta(minutes=clue_id))
     return {
         "id": clue_id,
@@ -68,7 +71,7 @@ def render_clue(clue_id: int, clues: list[tuple[int, str, dict[str, Any]]], blan
             "title": title,
             "created_at": _stamp(EPOCH),
             "updated_at": _stamp(EPOCH),
-            "clues_count": sum(1 for number, _, _ in clues if number == category_number),
+            "clues_count": category_size,
         },
     }
 
@@ -77,7 +80,7 @@ class RandomCluesHandler(RequestHandler):
     """GET /api/random?count=N: N random distinct clues (count clamped to 0..100)."""
 
     def initialize(  # noqa: D102
-        self, clues: list[tuple[int, str, dict[str, Any]]], behaviour: Behaviour
+        self, clues: list[SourceClue], behaviour: Behaviour
     ) -> None:
         self.clues = clues
         self.behaviour = behaviour
