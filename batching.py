@@ -17,6 +17,16 @@ def _one(item: object) -> int:
     return 1
 
 
+class _Entry(Generic[T, R]):
+    """One submitted item and its caller's future (compared by identity)."""
+
+    __slots__ = ("future", "item")
+
+    def __init__(self, item: T, future: asyncio.Future[R]) -> None:
+        self.item = item
+        self.future = future
+
+
 class Batcher(Generic[T, R]):
     """Runs `work(items) -> results` (one result per item, in order) for items that arrive together.
     An item submitted while `max_batches` batches are running waits for the next one, and a batch
@@ -36,21 +46,21 @@ class Batcher(Generic[T, R]):
         self._max_batches = max_batches
         self._max_weight = max_weight
         self._weight = weight
-        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._waiting: list[_Entry[T, R]] = []
         self._running: set[asyncio.Future[Sequence[R]]] = set()  # referenced, so never collected
         self._scheduled = False
 
     async def submit(self, item: T) -> R:
         """The result of `item`, or the exception its batch raised."""
         loop = asyncio.get_running_loop()
-        entry: tuple[T, asyncio.Future[R]] = (item, loop.create_future())
+        entry: _Entry[T, R] = _Entry(item, loop.create_future())
         self._waiting.append(entry)
         if not self._scheduled and len(self._running) < self._max_batches:
             # Start after the items this loop turn delivers have joined the batch too.
             self._scheduled = True
             loop.call_soon(self._start)
         try:
-            return await entry[1]
+            return await entry.future
         finally:
             if entry in self._waiting:
                 self._waiting.remove(entry)
@@ -59,18 +69,18 @@ class Batcher(Generic[T, R]):
         self._scheduled = False
         while self._waiting and len(self._running) < self._max_batches:
             batch = [self._waiting.pop(0)]
-            total = self._weight(batch[0][0])
-            while self._waiting and total + self._weight(self._waiting[0][0]) <= self._max_weight:
+            total = self._weight(batch[0].item)
+            while self._waiting and total + self._weight(self._waiting[0].item) <= self._max_weight:
                 batch.append(self._waiting.pop(0))
-                total += self._weight(batch[-1][0])
-            self._running.add(running := asyncio.ensure_future(self._run([item for item, _ in batch])))
+                total += self._weight(batch[-1].item)
+            self._running.add(running := asyncio.ensure_future(self._run([entry.item for entry in batch])))
             running.add_done_callback(partial(self._finish, batch))
 
     async def _run(self, items: list[T]) -> Sequence[R]:
         # Inside a task, so that even an exception raised before `work` awaits reaches _finish.
         return await self._work(items)
 
-    def _finish(self, batch: list[tuple[T, asyncio.Future[R]]], outcome: asyncio.Future[Sequence[R]]) -> None:
+    def _finish(self, batch: list[_Entry[T, R]], outcome: asyncio.Future[Sequence[R]]) -> None:
         self._running.discard(outcome)
         results: Sequence[R] = ()
         if outcome.cancelled():
@@ -81,13 +91,13 @@ class Batcher(Generic[T, R]):
                 results = outcome.result()
                 if len(results) != len(batch):
                     error = RuntimeError(f"a batch of {len(batch)} gave {len(results)} results")
-        for index, (_, future) in enumerate(batch):
-            if future.done():  # its caller stopped waiting
+        for index, entry in enumerate(batch):
+            if entry.future.done():  # its caller stopped waiting
                 continue
             if error is not None:
-                future.set_exception(error)
+                entry.future.set_exception(error)
             else:
-                future.set_result(results[index])
+                entry.future.set_result(results[index])
         self._start()
 
 

@@ -31,6 +31,8 @@ POOL_STALE_SECONDS = 300
 PING_AFTER_SECONDS = 1.0
 
 DatabaseUnavailable = (peewee.OperationalError, peewee.InterfaceError)
+INVALID_STATEMENT_NAME = "26000"
+DUPLICATE_PREPARED_STATEMENT = "42P05"
 
 
 NOW = peewee.SQL("DEFAULT now()")
@@ -191,9 +193,29 @@ class PreparedStatement:
         """Run it on this thread's connection (preparing it there first if needed); returns the cursor."""
         connection = database.connection()
         if connection not in self._prepared_on:
-            database.execute_sql(self._prepare)
-            self._prepared_on.add(connection)
+            self._prepare_on(connection)
+        try:
+            return database.execute_sql(self._execute, params)
+        except peewee.DatabaseError as error:
+            if _sqlstate(error) != INVALID_STATEMENT_NAME:
+                raise
+        # The session lost it (DISCARD ALL, a pooler in transaction mode): prepare again, once.
+        self._prepared_on.discard(connection)
+        self._prepare_on(connection)
         return database.execute_sql(self._execute, params)
+
+    def _prepare_on(self, connection: Any) -> None:
+        try:
+            database.execute_sql(self._prepare)
+        except peewee.DatabaseError as error:
+            if _sqlstate(error) != DUPLICATE_PREPARED_STATEMENT:
+                raise
+        self._prepared_on.add(connection)
+
+
+def _sqlstate(error: peewee.PeeweeException) -> str | None:
+    """The SQLSTATE of the driver error Peewee wrapped, if any."""
+    return getattr(getattr(error, "orig", None), "pgcode", None)
 
 
 @with_connection

@@ -29,7 +29,7 @@ from handlers.docs import load_openapi_document
 from models import bind_database, create_tables, database, open_database
 from quiz.repository import insert_new_questions
 from quiz.shared import SharedUpstream
-from quiz.upstream import JServiceClient
+from quiz.upstream import MAX_ANSWER_BYTES, JServiceClient
 from records.repository import record_paths
 from records.storage import MediaStore
 from runtime import InFlight, first_line, log_request
@@ -53,7 +53,9 @@ def make_app(settings: Settings) -> Application:
         raise ValueError("make_app needs settings.database_url")
     bind_database(open_database(settings.database_url, settings.db_pool_size))
     media = MediaStore(settings.media_root)
-    http_client = CurlAsyncHTTPClient(force_instance=True, max_clients=UPSTREAM_MAX_CLIENTS)
+    http_client = CurlAsyncHTTPClient(
+        force_instance=True, max_clients=UPSTREAM_MAX_CLIENTS, max_body_size=MAX_ANSWER_BYTES
+    )
     db_executor = ThreadPoolExecutor(settings.db_pool_size, thread_name_prefix="db")
     # A quarter of the connections at most for each kind of batched write, so that reads and other
     # writes always find one; concurrent writes of a kind wait and join the next batch instead.
@@ -142,23 +144,25 @@ async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
     log.info("stopped")
 
 
-def bind_worker_sockets(settings: Settings) -> list[list[socket.socket]]:
-    """Listening sockets for each of WORKERS processes, all on one port with SO_REUSEPORT: the kernel
-    spreads new connections evenly over them, where with one shared socket whichever worker wakes
-    first accepts a whole burst."""
-    first = bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG, reuse_port=True)
-    port = first[0].getsockname()[1]  # PORT=0 picks a free port once, for all workers
-    others = [
-        bind_sockets(port, settings.host, backlog=LISTEN_BACKLOG, reuse_port=True)
-        for _ in range(settings.workers - 1)
-    ]
-    return [first, *others]
-
-
 def close_sockets(sockets: list[socket.socket]) -> None:
     """Close listening sockets in this process."""
     for sock in sockets:
         sock.close()
+
+
+def bind_worker_sockets(settings: Settings) -> list[list[socket.socket]]:
+    """Listening sockets for each of WORKERS processes, all on one port with SO_REUSEPORT: the kernel
+    spreads new connections evenly over them, where with one shared socket whichever worker wakes
+    first accepts a whole burst."""
+    # A plain bind first: with SO_REUSEPORT alone, a port another service of this user already
+    # listens on would be shared with it silently instead of failing start-up.
+    probe = bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
+    port = probe[0].getsockname()[1]  # PORT=0 picks a free port once, for all workers
+    close_sockets(probe)
+    return [
+        bind_sockets(port, settings.host, backlog=LISTEN_BACKLOG, reuse_port=True)
+        for _ in range(settings.workers)
+    ]
 
 
 def run_workers(settings: Settings, worker_sockets: list[list[socket.socket]]) -> int:

@@ -33,9 +33,12 @@ class SharedUpstream:
             ) from None
 
     async def _fetch_for(self, asks: list[Ask]) -> list[list[Clue]]:
-        clues = await self._client.fetch_random(sum(count for count, _ in asks), max(t for _, t in asks))
-        slices, offset = [], 0
+        items = await self._client.fetch_random(sum(count for count, _ in asks), max(t for _, t in asks))
+        # Sliced by position before unusable items are dropped: each ask gets what it would have
+        # got alone, rather than the last asks bearing every gap.
+        slices: list[list[Clue]] = []
+        offset = 0
         for count, _ in asks:
-            slices.append(clues[offset : offset + count])
+            slices.append([clue for clue in items[offset : offset + count] if clue is not None])
             offset += count
         return slices

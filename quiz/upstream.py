@@ -16,6 +16,7 @@ from models import storable_text
 
 MAX_BATCH = 100
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
+MIN_TIMEOUT_SECONDS = 0.001
 UNREACHABLE = frozenset({pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT})
 SANE_YEARS = range(1800, 2201)
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -48,11 +49,6 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
 
 
-def limit_answer_size(curl: pycurl.Curl) -> None:
-    """Make libcurl abandon an answer larger than MAX_ANSWER_BYTES while it arrives."""
-    curl.setopt(pycurl.MAXFILESIZE_LARGE, MAX_ANSWER_BYTES)
-
-
 class RandomClues(Protocol):
     """Where random clues come from."""
 
@@ -63,14 +59,17 @@ class RandomClues(Protocol):
 
 class JServiceClient:
     """Fetches random clues over one shared libcurl-backed AsyncHTTPClient, which keeps connections
-    to the upstream alive between calls."""
+    to the upstream alive between calls (built with max_body_size=MAX_ANSWER_BYTES)."""
 
     def __init__(self, http: AsyncHTTPClient, base_url: str) -> None:
         self._http = http
         self._base_url = base_url.rstrip("/")
 
-    async def fetch_random(self, count: int, timeout: float) -> list[Clue]:
-        """Ask for `count` random clues; raises UpstreamError when the answer is unusable."""
+    async def fetch_random(self, count: int, timeout: float) -> list[Clue | None]:
+        """Ask for `count` random clues: one entry per item of the answer, None where the item is
+        unusable. Raises UpstreamError when the answer as a whole is unusable."""
+        # libcurl takes whole milliseconds, and reads 0 as "no limit at all".
+        timeout = max(timeout, MIN_TIMEOUT_SECONDS)
         request = HTTPRequest(
             f"{self._base_url}/api/random?count={min(count, MAX_BATCH)}",
             headers={"Accept": "application/json"},
@@ -78,16 +77,11 @@ class JServiceClient:
             request_timeout=timeout,
             follow_redirects=True,
             max_redirects=3,
-            prepare_curl_callback=limit_answer_size,
         )
         try:
             response = await self._http.fetch(request)
         except HTTPClientError as error:
             raise _http_failure(error) from None
-        except OSError as error:
-            raise UpstreamError(
-                "bad_gateway", f"cannot reach the upstream: {error}", transient=True
-            ) from None
         try:
             payload = json.loads(response.body)
         except (ValueError, RecursionError):
@@ -98,7 +92,7 @@ class JServiceClient:
             raise UpstreamError(
                 "bad_gateway", "the upstream answered with JSON that is not a list", transient=False
             )
-        return [clue for clue in map(parse_clue, payload[:count]) if clue is not None]
+        return [parse_clue(item) for item in payload[:count]]
 
 
 def _http_failure(error: HTTPClientError) -> UpstreamError:
@@ -106,7 +100,7 @@ def _http_failure(error: HTTPClientError) -> UpstreamError:
         return UpstreamError(
             "timeout", f"the upstream did not answer in time: {error.message}", transient=True
         )
-    if isinstance(error, CurlError) and error.errno == pycurl.E_FILESIZE_EXCEEDED:
+    if isinstance(error, CurlError) and error.errno == pycurl.E_WRITE_ERROR:  # over max_body_size
         return UpstreamError(
             "bad_gateway", f"the upstream's answer is larger than {MAX_ANSWER_BYTES} bytes", transient=False
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import psutil
 import pytest
 
 from config import ConfigError, Settings, load_settings
+from models import PreparedStatement, database
 from tests.support import ROOT, assert_problem, call, free_port, poll, serve_process, start_server_process
 
 DEAD_DATABASE = "postgresql://postgres@127.0.0.1:1/nothing"
@@ -147,6 +149,17 @@ async def test_a_second_service_on_the_same_media_dir_refuses_to_start(database_
         first.stop()
 
 
+def test_workers_refuse_a_port_another_service_listens_on(database_url, standin, tmp_path):
+    with socket.create_server(("127.0.0.1", 0), reuse_port=True) as taken:
+        port = taken.getsockname()[1]
+        env = {"DATABASE_URL": database_url, "JSERVICE_URL": standin.url, "DATA_DIR": str(tmp_path)}
+        server = start_server_process(
+            {**env, "HOST": "127.0.0.1", "PORT": str(port), "WORKERS": "2"}, tmp_path / "log"
+        )
+        assert server.wait(timeout=60) != 0
+    assert "cannot start" in (tmp_path / "log").read_text()
+
+
 @pytest.mark.gen_test
 @pytest.mark.parametrize(
     "head",
@@ -223,3 +236,13 @@ async def test_a_worker_that_dies_takes_the_service_down_for_a_clean_restart(two
     assert server.process.wait(timeout=30) != 0
     second.wait(timeout=30)
     assert "ended unexpectedly" in server.log
+
+
+def test_a_prepared_statement_lost_by_the_session_is_prepared_again(app):
+    statement = PreparedStatement("test_add_one", ["integer"], "SELECT $1 + 1")
+    with database.connection_context():
+        assert statement.execute((1,)).fetchone() == (2,)
+        database.execute_sql("DEALLOCATE ALL")
+        assert statement.execute((2,)).fetchone() == (3,)
+        twin = PreparedStatement("test_add_one", ["integer"], "SELECT $1 + 1")
+        assert twin.execute((5,)).fetchone() == (6,)  # already prepared under that name: used as is

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from quiz.repository import insert_new_questions
-from quiz.upstream import Clue, UpstreamError, parse_clue, parse_retry_after
+from quiz.shared import SharedUpstream
+from quiz.upstream import Clue, JServiceClient, UpstreamError, parse_clue, parse_retry_after
 from tests.support import assert_problem, call, sql
 
 
@@ -394,3 +395,31 @@ def test_batches_stored_together_count_shared_clues_once_and_see_the_same_previo
     assert [first[0], second[0], third[0]] == [2, 1, 0]  # 2 counts for the first batch; 1 was stored
     assert first[1] == second[1] == third[1] and first[1] is not None and first[1]["id"] == 1
     assert stored_ids(db) == [1, 2, 3, 4]  # in id order within one statement
+
+
+class ScriptedClient(JServiceClient):
+    """An upstream client that answers every call with the start of a fixed list of items."""
+
+    def __init__(self, items: list[Clue | None]) -> None:
+        self.items = items
+
+    async def fetch_random(self, count: int, timeout: float) -> list[Clue | None]:
+        return self.items[:count]
+
+
+@pytest.mark.gen_test
+async def test_unusable_items_of_a_shared_call_cost_each_ask_only_its_own_positions():
+    upstream = SharedUpstream(ScriptedClient([None, _clue(1), _clue(2), _clue(3), None, None]), 1)
+    first, second = await asyncio.gather(upstream.fetch_random(3, 5.0), upstream.fetch_random(3, 5.0))
+    assert [clue.jservice_id for clue in first] == [1, 2]
+    assert [clue.jservice_id for clue in second] == [3]
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_a_call_with_under_a_millisecond_left_still_times_out(app, standin):
+    # libcurl reads a timeout that rounds to 0 ms as "no limit"; the call must not hang.
+    standin.behaviour.hang = True
+    client = JServiceClient(app.settings["http_client"], standin.url)
+    with pytest.raises(UpstreamError) as failure:
+        await client.fetch_random(1, 0.0004)
+    assert failure.value.kind == "timeout"
