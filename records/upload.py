@@ -116,7 +116,7 @@ class StreamingForm:
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._part_name == self._file_field:
             if self._file is not None:
-                self._file.write(data[start:end])
+                self._file.write(memoryview(data)[start:end])  # a view: pieces are up to 1 MiB
         elif self._part_name not in self._wanted:
             return
         elif len(self._part_value) + (end - start) > MAX_FIELD_BYTES:
