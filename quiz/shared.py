@@ -26,7 +26,8 @@ class SharedUpstream:
         """Up to `count` random clues (fewer when the upstream sent unusable ones); raises
         UpstreamError when the call failed or did not answer within `timeout` seconds."""
         try:
-            return await asyncio.wait_for(self._calls.submit((min(count, MAX_BATCH), timeout)), timeout)
+            async with asyncio.timeout(timeout):
+                return await self._calls.submit((min(count, MAX_BATCH), timeout))
         except TimeoutError:
             raise UpstreamError(
                 "timeout", f"the upstream did not answer within {timeout:g}s", transient=True
