@@ -71,24 +71,28 @@ async def create_user(port: int) -> User:
     return User(int(body["id"]), str(body["token"]))
 
 
-async def upload(port: int, user: User, wav: Path, timeout: float) -> dict[str, Any]:
-    """POST /records as multipart/form-data, the file part sent from disk; returns the 201 body."""
+def upload_body(user_id: int, token: str, wav: Path) -> tuple[tuple[bytes, Path, bytes], dict[str, str]]:
+    """A POST /records multipart body (the WAV streamed from disk between its head and tail) and
+    its headers."""
     boundary = uuid.uuid4().hex
     fields = "".join(
         f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-        for name, value in (("user", str(user.id)), ("token", user.token))
+        for name, value in (("user", str(user_id)), ("token", token))
     )
     head = (
         f'{fields}--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{wav.name}"\r\n'
         "Content-Type: audio/wav\r\n\r\n"
     )
     tail = f"\r\n--{boundary}--\r\n"
-    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return (head.encode(), wav, tail.encode()), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+async def upload(port: int, user: User, wav: Path, timeout: float) -> dict[str, Any]:
+    """POST /records as multipart/form-data, the file part sent from disk; returns the 201 body."""
+    body, headers = upload_body(user.id, user.token, wav)
     connection = Connection(HOST, port)
     try:
-        response = await asyncio.wait_for(
-            connection.request("POST", "/records", (head.encode(), wav, tail.encode()), headers), timeout
-        )
+        response = await asyncio.wait_for(connection.request("POST", "/records", body, headers), timeout)
     finally:
         await connection.close()
     if response.status != 201:

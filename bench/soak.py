@@ -30,7 +30,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from typing import Any
 
 from bench.client import Connection, Response
 from bench.load import percentile
-from bench.media import make_wav, url_target
+from bench.media import make_wav, upload_body, url_target
 from bench.memory import PROC, PeakSampler, process_memory, tree_memory, tree_pids
 from bench.processes import (
     HOST,
@@ -294,21 +293,6 @@ def decoded_seconds(ffmpeg: str, mp3: Path) -> float | None:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def multipart(account: Account, wav: Path) -> tuple[tuple[bytes, Path, bytes], dict[str, str]]:
-    """An upload body (the WAV streamed from disk) and its headers."""
-    boundary = uuid.uuid4().hex
-    fields = "".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-        for name, value in (("user", str(account.id)), ("token", account.token))
-    )
-    head = (
-        f'{fields}--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{wav.name}"\r\n'
-        "Content-Type: audio/wav\r\n\r\n"
-    )
-    tail = f"\r\n--{boundary}--\r\n"
-    return (head.encode(), wav, tail.encode()), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-
-
 async def timed(soak: Soak, action: str, request: Awaitable[Response], tag: str = "") -> Response | None:
     """Send one request, count its status and latency; None (counted) on a connection error or timeout."""
     stats = soak.stats[action]
@@ -373,7 +357,7 @@ async def upload_once(soak: Soak, account: Account, wav: Path) -> Response | Non
     # A keep-alive client reuses the connection unless the answer says `Connection: close`, so a
     # refusal read before the body that leaves that out must leave the connection usable.
     connection = Connection(HOST, soak.port)
-    body, headers = multipart(account, wav)
+    body, headers = upload_body(account.id, account.token, wav)
     try:
         response = await timed(
             soak, "upload", connection.request("POST", "/records", body, headers), f" {wav.name}"

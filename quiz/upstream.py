@@ -96,15 +96,16 @@ class JServiceClient:
 
 
 def _http_failure(error: HTTPClientError) -> UpstreamError:
-    if isinstance(error, CurlError) and error.errno == pycurl.E_OPERATION_TIMEDOUT:
+    errno = error.errno if isinstance(error, CurlError) else None
+    if errno == pycurl.E_OPERATION_TIMEDOUT:
         return UpstreamError(
             "timeout", f"the upstream did not answer in time: {error.message}", transient=True
         )
-    if isinstance(error, CurlError) and error.errno == pycurl.E_WRITE_ERROR:  # over max_body_size
+    if errno == pycurl.E_WRITE_ERROR:  # over the client's max_body_size
         return UpstreamError(
             "bad_gateway", f"the upstream's answer is larger than {MAX_ANSWER_BYTES} bytes", transient=False
         )
-    if isinstance(error, CurlError) and error.errno in UNREACHABLE:
+    if errno in UNREACHABLE:
         return UpstreamError("bad_gateway", f"cannot reach the upstream: {error.message}", transient=True)
     if error.code == 599:
         return UpstreamError("bad_gateway", f"upstream call failed: {error.message}", transient=True)
