@@ -38,8 +38,9 @@ from users.repository import create_users
 log = logging.getLogger("server")
 
 UPSTREAM_MAX_CLIENTS = 100
-# Concurrent POST /questions requests share this many upstream calls at a time (quiz/shared.py).
-UPSTREAM_CALLS_IN_FLIGHT = 4
+# Concurrent POST /questions requests share this many upstream calls at a time (quiz/shared.py):
+# enough that an ask rarely waits for a free call, few enough that the upstream sees large calls.
+UPSTREAM_CALLS_IN_FLIGHT = 8
 LISTEN_BACKLOG = 1024
 IO_THREADS = 4
 BODY_CHUNK_BYTES = 1024 * 1024

@@ -220,7 +220,8 @@ class Database:
         return None
 
 
-def _sql(url: str, statement: str) -> None:
+def run_sql(url: str, statement: str) -> None:
+    """Run one statement on its own autocommit connection."""
     connection = psycopg2.connect(url)
     connection.autocommit = True
     try:
@@ -239,7 +240,7 @@ def create_database(workdir: Path) -> Database:
         embedded_dir = workdir / "pgdata"
         server_url = start_embedded_postgres(embedded_dir)
     name = f"bench_{uuid.uuid4().hex[:12]}"
-    _sql(server_url, f"CREATE DATABASE {name}")
+    run_sql(server_url, f"CREATE DATABASE {name}")
     url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
     return Database(url, server_url, name, embedded_dir)
 
@@ -247,7 +248,7 @@ def create_database(workdir: Path) -> Database:
 def drop_database(database: Database) -> None:
     """Drop the run's database, and stop the embedded PostgreSQL if the run started one."""
     try:
-        _sql(database.server_url, f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)")
+        run_sql(database.server_url, f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)")
     finally:
         if database.embedded_dir is not None:
             from pgserver.postgres_server import get_server  # the embedded server's handle, to stop it now

@@ -103,6 +103,7 @@ def benchmark(profile: Profile, quick: bool, workdir: Path, names: list[str]) ->
         bench = Bench(
             profile=profile,
             processes=processes,
+            database_url=database.url,
             server_port=server_port,
             server_pid=processes.running["server"].pid,
             standin_port=standin_port,
