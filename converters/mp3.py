@@ -1,15 +1,35 @@
-"""WAV to MP3 with ffmpeg, file to file: nothing is held in memory, and a stuck ffmpeg is killed."""
+"""WAV to MP3 with ffmpeg: the WAV file spliced into ffmpeg's stdin as it grows (while the upload
+may still be arriving), the MP3 written to a file; nothing is held in memory, and a stuck ffmpeg is
+killed. Linux only: splice(2). The pipe keeps its default 64 KiB, which measured faster than 1 MiB
+(the bytes stay in the CPU caches between the two processes)."""
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
+import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Protocol
 
 from converters.wav import WavInfo
 
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+ERROR_TAIL_BYTES = 4096
+
+
+class GrowingFile(Protocol):
+    """A file that may still be growing (an upload still arriving)."""
+
+    path: Path
+
+    def wait_for(self, size: int) -> int:
+        """Block until the file holds `size` bytes or is complete; how many bytes it holds."""
+        ...
 
 
 class ConversionFailed(ValueError):
@@ -33,13 +53,14 @@ class RunningConversions:
         self._stopped: set[subprocess.Popen[bytes]] = set()
         self._closing = False
 
-    def start(self, command: list[str]) -> subprocess.Popen[bytes]:
-        """Start ffmpeg, unless the service is shutting down."""
+    def start(self, command: list[str], errors: IO[bytes]) -> subprocess.Popen[bytes]:
+        """Start ffmpeg with a pipe to its stdin and its stderr into `errors`, unless the service
+        is shutting down."""
         with self._lock:
             if self._closing:
                 raise ConversionInterrupted("the service is shutting down")
             process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors
             )
             self._running.add(process)
             return process
@@ -76,20 +97,21 @@ def mp3_sample_rate(rate: int) -> int:
     return min(MP3_RATES, key=lambda candidate: (abs(candidate - rate), candidate))
 
 
-def ffmpeg_command(settings: Mp3Settings, source: Path, target: Path, wav: WavInfo) -> list[str]:
-    """The ffmpeg command line: input format forced, only the file protocol, no metadata copied."""
+def ffmpeg_command(settings: Mp3Settings, target: Path, wav: WavInfo) -> list[str]:
+    """The ffmpeg command line: WAV forced on stdin, only the pipe and file protocols, no metadata
+    copied."""
     return [
         settings.ffmpeg,
-        "-nostdin",
+        "-nostdin",  # no keyboard interaction; the data still comes in on pipe:0
         "-hide_banner",
         "-loglevel",
         "error",
         "-protocol_whitelist",
-        "file",
+        "pipe,file",
         "-f",
         "wav",
         "-i",
-        f"file:{source}",
+        "pipe:0",
         "-map",
         "0:a:0",
         "-map_metadata",
@@ -111,21 +133,60 @@ def ffmpeg_command(settings: Mp3Settings, source: Path, target: Path, wav: WavIn
     ]
 
 
-def convert_wav_to_mp3(settings: Mp3Settings, source: Path, target: Path, wav: WavInfo) -> None:
-    """Encode `source` into `target` (blocking). Raises ConversionFailed when ffmpeg cannot (a crash
-    included), ConversionTimeout, or ConversionInterrupted when the service stopped it."""
-    process = settings.running.start(ffmpeg_command(settings, source, target, wav))
-    try:
-        _, errors = process.communicate(timeout=settings.timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        raise ConversionTimeout(f"the conversion took longer than {settings.timeout:g}s") from None
-    finally:
-        stopped = settings.running.finish(process)
-    if stopped:
-        raise ConversionInterrupted("the service is shutting down")
-    if process.returncode != 0 or not target.exists() or target.stat().st_size == 0:
-        message = errors.decode("utf-8", "replace").strip().splitlines()
-        reason = message[-1] if message else f"ffmpeg exited with {process.returncode}"
-        raise ConversionFailed(f"the audio could not be converted: {reason}")
+def convert_wav_to_mp3(settings: Mp3Settings, source: GrowingFile, target: Path, wav: WavInfo) -> None:
+    """Encode the WAV file `source` into `target` (blocking), following the file while it grows.
+    ffmpeg may work for settings.timeout seconds, not counting time spent waiting for the file to
+    grow. Raises ConversionFailed when ffmpeg cannot (a crash included), ConversionTimeout,
+    ConversionInterrupted when the service stopped it, or what `source` raises (ffmpeg is killed)."""
+    with tempfile.TemporaryFile(dir=target.parent) as errors:
+        process = settings.running.start(ffmpeg_command(settings, target, wav), errors)
+        failure: BaseException | None = None
+        try:
+            deadline = _pump(source, process, time.monotonic() + settings.timeout)
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except BaseException as error:
+            process.kill()
+            process.wait()
+            failure = error
+        if settings.running.finish(process):
+            raise ConversionInterrupted("the service is shutting down")
+        if isinstance(failure, subprocess.TimeoutExpired):
+            raise ConversionTimeout(f"the conversion took longer than {settings.timeout:g}s")
+        if failure is not None:
+            raise failure
+        if process.returncode != 0 or not target.exists() or target.stat().st_size == 0:
+            errors.seek(max(0, errors.seek(0, os.SEEK_END) - ERROR_TAIL_BYTES))
+            message = errors.read().decode("utf-8", "replace").strip().splitlines()
+            reason = message[-1] if message else f"ffmpeg exited with {process.returncode}"
+            raise ConversionFailed(f"the audio could not be converted: {reason}")
+
+
+def _pump(source: GrowingFile, process: subprocess.Popen[bytes], deadline: float) -> float:
+    """Move the file's bytes into ffmpeg's stdin with splice(2) (no copies through Python), then
+    close it; returns the deadline, moved on by the time spent waiting for the file to grow. Stops
+    early, quietly, when ffmpeg stops reading (it exited)."""
+    assert process.stdin is not None
+    descriptor = process.stdin.fileno()
+    os.set_blocking(descriptor, False)
+    writable = select.poll()
+    writable.register(descriptor, select.POLLOUT)
+    offset = 0
+    with process.stdin, source.path.open("rb", buffering=0) as reader:
+        while True:
+            waited = time.monotonic()
+            available = source.wait_for(offset + 1)
+            deadline += time.monotonic() - waited
+            if offset >= available:
+                return deadline
+            while offset < available:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not writable.poll(remaining * 1000):
+                    raise subprocess.TimeoutExpired(process.args, 0)
+                try:
+                    offset += os.splice(
+                        reader.fileno(), descriptor, available - offset, offset_src=offset, flags=SPLICE_FLAGS
+                    )
+                except BlockingIOError:
+                    continue
+                except BrokenPipeError:
+                    return deadline

@@ -141,11 +141,16 @@ class BaseHandler(RequestHandler):
             await self.consume_body(chunk)
         except ApiError as error:
             if not self._finished:
+                await self.stop_work()
                 self.send_error(error.status_code, exc_info=(type(error), error, None))
 
     async def consume_body(self, chunk: bytes) -> None:
         """Take a piece of the body (raising ApiError refuses the request); JSON handlers buffer it."""
         self._body.extend(chunk)
+
+    async def stop_work(self) -> None:
+        """Stop work started for this request before its error answer leaves; handlers that start
+        work while the body arrives extend it."""
 
     def body_too_large(self) -> ApiError:
         """The 413 problem for a body over this handler's cap."""

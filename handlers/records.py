@@ -19,6 +19,7 @@ from handlers.problems import RETRY_AFTER, ApiError, invalid
 from handlers.static import StaticBaseHandler
 from records.names import content_disposition, sanitize_filename
 from records.repository import find_record, insert_record
+from records.spool import Spool, UploadStopped
 from records.storage import StoredAudio, convert_into_store
 from records.upload import MalformedForm, StreamingForm
 from users.repository import check_token
@@ -41,7 +42,10 @@ def parse_user_id(raw: str | None, field: str = "user") -> int:
 
 
 class RecordUploadHandler(BaseHandler):
-    """Streams the multipart body to a temporary file, then converts it on the conversion pool."""
+    """Streams the multipart body to a temporary file and converts it on the conversion pool. When
+    the user and token come before the file (as form fields, or the token as a Bearer header), the
+    upload is authenticated as soon as the file begins and the conversion follows the file while it
+    arrives; otherwise the conversion starts once the whole body is in."""
 
     @property
     def max_body_bytes(self) -> int:
@@ -52,6 +56,8 @@ class RecordUploadHandler(BaseHandler):
         """Refuse early: too large, not multipart, or no conversion capacity."""
         self._form: StreamingForm | None = None
         self._reserved = False
+        self._conversion: asyncio.Task[StoredAudio] | None = None
+        self._claimed = False
         super().prepare()
         if self.request.method != "POST":
             raise HTTPError(405)  # before the body: it may be larger than anything but an upload
@@ -62,7 +68,7 @@ class RecordUploadHandler(BaseHandler):
             self._form = StreamingForm(
                 self.request.headers.get("Content-Type", ""),
                 "file",
-                self.media.new_temp_path(".wav"),
+                Spool(self.media.new_temp_path(".wav")),
                 fields=("user", "token"),
             )
         except MalformedForm as error:
@@ -72,7 +78,8 @@ class RecordUploadHandler(BaseHandler):
         self._reserved = True
 
     async def consume_body(self, chunk: bytes) -> None:
-        """Parse the multipart body as it arrives, on an I/O thread: the file part goes to disk."""
+        """Parse the body as it arrives, on an I/O thread (the file part goes to disk); start the
+        conversion as soon as the file begins after the credentials."""
         form = self._form
         if form is None:
             return await super().consume_body(chunk)
@@ -84,9 +91,29 @@ class RecordUploadHandler(BaseHandler):
             except OSError as error:
                 log.error("cannot write an upload: %s", error)
                 raise ApiError(503, "the upload cannot be stored right now", headers=RETRY_AFTER) from None
+            if self._conversion is None and form.spool.started:
+                try:
+                    user_id, token = self._credentials(form)
+                except ApiError:
+                    return  # not all in yet, or malformed: judged once the whole body is in
+                await self._start_conversion(user_id, token, form.spool)
 
     async def post(self) -> None:
-        """Authenticate, convert, store, and answer with the download link."""
+        """Authenticate (unless done already), convert, store, and answer with the download link."""
+        try:
+            await self._store_upload()
+        except BaseException:
+            await self.stop_work()
+            raise
+
+    async def stop_work(self) -> None:
+        """Stop a conversion under way, and wait until its ffmpeg has ended."""
+        conversion = self._conversion
+        if conversion is not None and not self._claimed and self._form is not None:
+            self._form.spool.abandon()
+            await asyncio.wait({conversion})
+
+    async def _store_upload(self) -> None:
         form = self._form
         assert form is not None
         with self.busy():
@@ -94,16 +121,12 @@ class RecordUploadHandler(BaseHandler):
                 form.finish()
             except MalformedForm as error:
                 raise ApiError(400, str(error)) from None
-            user_id = parse_user_id(form.fields.get("user"))
-            token = self._token(form.fields)
+            user_id, token = self._credentials(form)
             if form.file_parts != 1:
                 raise invalid("file", "is required" if form.file_parts == 0 else "send exactly one file")
-            check = await self.run_db(check_token, user_id, token)
-            if check == "unknown_user":
-                raise ApiError(404, f"there is no user {user_id}")
-            if check == "wrong_token":
-                raise ApiError(403, "the token does not belong to this user")
-            audio = await self._convert(form)
+            conversion = self._conversion or await self._start_conversion(user_id, token, form.spool)
+            audio = await conversion
+            self._claimed = True
             if self._gone:  # nobody will ever get the link: keep nothing
                 self.media.remove(audio.path)
                 return
@@ -116,23 +139,33 @@ class RecordUploadHandler(BaseHandler):
         self.set_header("Location", url)
         self.write_json({"id": str(audio.record_id), "user": user_id, "url": url}, status=201)
 
-    def _token(self, fields: dict[str, str]) -> str:
+    def _credentials(self, form: StreamingForm) -> tuple[int, str]:
+        """The user id and token of the upload; 422 when one is missing or malformed."""
+        user_id = parse_user_id(form.fields.get("user"))
         header = BEARER.match(self.request.headers.get("Authorization", ""))
-        token = header.group(1) if header else fields.get("token")
+        token = header.group(1) if header else form.fields.get("token", "").strip()
         if not token:
             raise invalid("token", "is required (a form field, or Authorization: Bearer)")
-        return token.strip()
+        return user_id, token
 
-    async def _convert(self, form: StreamingForm) -> StoredAudio:
+    async def _start_conversion(self, user_id: int, token: str, spool: Spool) -> asyncio.Task[StoredAudio]:
+        """Check the credentials (404, 403), then hand the file to the conversion pool."""
+        check = await self.run_db(check_token, user_id, token)
+        if check == "unknown_user":
+            raise ApiError(404, f"there is no user {user_id}")
+        if check == "wrong_token":
+            raise ApiError(403, "the token does not belong to this user")
+        self._conversion = asyncio.ensure_future(self._convert(spool))
+        return self._conversion
+
+    async def _convert(self, spool: Spool) -> StoredAudio:
         try:
-            return await self.conversions.run(
-                convert_into_store, self.media, self.mp3_settings, form.file_path
-            )
+            return await self.conversions.run(convert_into_store, self.media, self.mp3_settings, spool)
         except NotWav as error:
             raise ApiError(415, f"{error}; upload a WAV file") from None
         except (InvalidWav, ConversionFailed) as error:
             raise ApiError(422, str(error)) from None
-        except ConversionInterrupted as error:
+        except (ConversionInterrupted, UploadStopped) as error:
             raise ApiError(503, str(error), headers=RETRY_AFTER) from None
         except OSError as error:
             log.error("cannot store a conversion: %s", error)
@@ -153,6 +186,17 @@ class RecordUploadHandler(BaseHandler):
         super().release()
 
     def _free_upload(self) -> None:
+        conversion: asyncio.Task[StoredAudio] | None = getattr(self, "_conversion", None)
+        if conversion is not None:
+            if not conversion.done():
+                # The client went away: stop it, and free what it uses once ffmpeg has ended.
+                assert self._form is not None
+                self._form.spool.abandon()
+                conversion.add_done_callback(lambda _: self._free_upload())
+                return
+            self._conversion = None
+            if not self._claimed and not conversion.cancelled() and conversion.exception() is None:
+                self.media.remove(conversion.result().path)  # finished, but the request failed
         if getattr(self, "_reserved", False):
             self._reserved = False
             self.conversions.release()
@@ -161,7 +205,7 @@ class RecordUploadHandler(BaseHandler):
             self._form = None
             form.close()
             with contextlib.suppress(FileNotFoundError):
-                form.file_path.unlink()
+                form.spool.path.unlink()
 
 
 class RecordDownloadHandler(StaticBaseHandler):

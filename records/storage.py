@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters.mp3 import Mp3Settings, convert_wav_to_mp3
-from converters.wav import read_wav_info
+from converters.wav import InvalidWav, NotWav, WavInfo, read_wav_info
+from records.spool import Spool
 
 log = logging.getLogger(__name__)
 
 TEMP_DIR_NAME = ".tmp"
+HEADER_BYTES = 64 * 1024  # enough for the header of any usual WAV, so encoding can start early
 LOCK_FILE_NAME = ".lock"
 
 
@@ -131,16 +133,29 @@ def _fsync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
-def convert_into_store(store: MediaStore, mp3: Mp3Settings, upload: Path) -> StoredAudio:
-    """Validate the WAV at `upload`, encode it and commit the MP3 (blocking; for the conversion pool).
-    Raises NotWav, InvalidWav, ConversionFailed or ConversionTimeout and leaves no file behind."""
-    wav = read_wav_info(upload)
+def convert_into_store(store: MediaStore, mp3: Mp3Settings, upload: Spool) -> StoredAudio:
+    """Validate the uploaded WAV, encode it, following the upload while it still arrives, and commit
+    the MP3 (blocking; for the conversion pool). Raises NotWav, InvalidWav, ConversionFailed,
+    ConversionInterrupted or UploadStopped, and leaves no file behind."""
+    wav = _early_wav_info(upload)
     temp = store.new_temp_path(".mp3")
     try:
         convert_wav_to_mp3(mp3, upload, temp, wav)
+        duration = read_wav_info(upload.path).duration  # of the whole file, now that it is all in
         size = temp.stat().st_size
         record_id = uuid.uuid4()
-        return StoredAudio(record_id, store.commit(temp, record_id), size, wav.duration)
+        return StoredAudio(record_id, store.commit(temp, record_id), size, duration)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
+
+
+def _early_wav_info(upload: Spool) -> WavInfo:
+    """The WAV's header from its first bytes; judged on the whole file when the first bytes are not
+    enough (a header chunk larger than HEADER_BYTES, a file shorter than that)."""
+    upload.wait_for(HEADER_BYTES)
+    try:
+        return read_wav_info(upload.path)
+    except (NotWav, InvalidWav):
+        upload.wait_for(2**63)  # until the upload is complete
+        return read_wav_info(upload.path)

@@ -1,14 +1,15 @@
 """multipart/form-data parsed as it streams in: the few small fields we read kept in memory, the
-file part written straight to disk, everything else dropped, so an upload is never held in memory."""
+file part written straight to disk (a Spool, which a conversion may follow), everything else
+dropped, so an upload is never held in memory."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from pathlib import Path
-from typing import BinaryIO
 
 from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+from records.spool import Spool
 
 MAX_FIELD_BYTES = 1024
 MAX_HEADER_BYTES = 8 * 1024
@@ -21,10 +22,10 @@ class MalformedForm(ValueError):
 
 
 class StreamingForm:
-    """Feeds body chunks to a multipart parser. The part named `file_field` goes to `file_path`;
+    """Feeds body chunks to a multipart parser. The first part named `file_field` goes to `spool`;
     of the other parts only those named in `fields` are kept (up to MAX_FIELD_BYTES each)."""
 
-    def __init__(self, content_type: str, file_field: str, file_path: Path, fields: Collection[str]) -> None:
+    def __init__(self, content_type: str, file_field: str, spool: Spool, fields: Collection[str]) -> None:
         kind, params = parse_options_header(content_type)
         boundary = params.get(b"boundary")
         if kind != b"multipart/form-data" or not boundary:
@@ -32,10 +33,10 @@ class StreamingForm:
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
         self.file_parts = 0
-        self.file_path = file_path
+        self.spool = spool
         self._file_field = file_field
         self._wanted = frozenset(fields)
-        self._file: BinaryIO | None = None
+        self._writing = False
         self._ended = False
         self._parts = 0
         self._header_name = bytearray()
@@ -76,10 +77,10 @@ class StreamingForm:
             raise MalformedForm("the multipart body ends before its closing boundary")
 
     def close(self) -> None:
-        """Close the file part (the file itself stays for the caller to use or delete)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Stop writing: a file part cut short is abandoned (the file stays for the caller to delete)."""
+        if self._writing:
+            self._writing = False
+            self.spool.abandon()
 
     def _on_part_begin(self) -> None:
         self._parts += 1
@@ -111,12 +112,13 @@ class StreamingForm:
             if self.file_parts == 1:
                 raw_name = params.get(b"filename", b"")
                 self.filename = raw_name.decode("utf-8", "replace")[:MAX_FILENAME_CHARS]
-                self._file = self.file_path.open("wb")
+                self.spool.open()
+                self._writing = True
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._part_name == self._file_field:
-            if self._file is not None:
-                self._file.write(memoryview(data)[start:end])  # a view: pieces are up to 1 MiB
+            if self._writing:
+                self.spool.write(memoryview(data)[start:end])  # a view: pieces are up to 1 MiB
         elif self._part_name not in self._wanted:
             return
         elif len(self._part_value) + (end - start) > MAX_FIELD_BYTES:
@@ -126,7 +128,9 @@ class StreamingForm:
 
     def _on_part_end(self) -> None:
         if self._part_name == self._file_field:
-            self.close()
+            if self._writing:
+                self._writing = False
+                self.spool.complete()
         elif self._part_name in self._wanted and self._part_name not in self.fields:
             self.fields[self._part_name] = self._part_value.decode("utf-8", "replace")
 

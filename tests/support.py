@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg2
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
@@ -103,6 +104,41 @@ async def post_streaming(
         return reply_of(await client.fetch(request, raise_error=False))
     finally:
         client.close()
+
+
+def port_of(base_url: str) -> int:
+    """The port of a server's base URL."""
+    port = urlsplit(base_url).port
+    assert port is not None
+    return port
+
+
+def upload_head(form: tuple[bytes, str]) -> bytes:
+    """The request line and headers of a POST /records with this (body, content type)."""
+    body, content_type = form
+    return (
+        f"POST /records HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+
+async def send_partial(
+    port: int, head: bytes, sent: bytes
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a raw connection to the server on loopback and send headers and part of a body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head + sent)
+    await writer.drain()
+    return reader, writer
+
+
+async def stall_body(port: int, head: bytes, sent: bytes) -> bytes:
+    """Send headers and part of a body, then nothing; what the server answers before it hangs up."""
+    reader, writer = await send_partial(port, head, sent)
+    try:
+        return await asyncio.wait_for(reader.read(), timeout=30)
+    finally:
+        writer.close()
 
 
 # What a client sees when the server goes away mid-request.

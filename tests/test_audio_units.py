@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from converters.ffmpeg import FfmpegMissing, find_ffmpeg
 from converters.mp3 import ConversionInterrupted, Mp3Settings, convert_wav_to_mp3, mp3_sample_rate
 from converters.wav import read_wav_info
 from records.names import content_disposition, sanitize_filename
+from records.spool import Spool, UploadStopped
 from records.storage import stop_processes_using
 from tests.audio import silent_wav
 
@@ -70,11 +72,20 @@ def test_rates_mp3_lacks_map_to_the_nearest(rate, expected):
     assert mp3_sample_rate(rate) == expected
 
 
+def spool_of(path: Path, data: bytes, complete: bool = True) -> Spool:
+    """A spool holding `data`, as an upload would have written it."""
+    spool = Spool(path)
+    spool.open()
+    spool.write(memoryview(data))
+    if complete:
+        spool.complete()
+    return spool
+
+
 def test_a_shutdown_stops_running_conversions_and_refuses_new_ones(tmp_path):
-    source = tmp_path / "long.wav"
-    source.write_bytes(silent_wav(900.0))
+    source = spool_of(tmp_path / "long.wav", silent_wav(900.0))
     settings = Mp3Settings(find_ffmpeg(None), "192k", timeout=120)
-    wav = read_wav_info(source)
+    wav = read_wav_info(source.path)
     with ThreadPoolExecutor(1) as pool:
         conversion = pool.submit(convert_wav_to_mp3, settings, source, tmp_path / "out.mp3", wav)
         deadline = time.monotonic() + 30
@@ -101,3 +112,53 @@ def test_only_ffmpeg_style_file_arguments_in_the_directory_are_stopped(tmp_path)
         for process in (bystander, writer):
             process.kill()
             process.wait()
+
+
+def test_a_spool_says_how_much_is_in_until_it_is_complete(tmp_path):
+    spool = spool_of(tmp_path / "upload.wav", b"x" * 200_000, complete=False)
+    assert spool.wait_for(150_000) == 200_000
+    spool.write(memoryview(b"y" * 100_000))
+    spool.complete()
+    assert spool.wait_for(10**9) == 300_000  # complete: no waiting for bytes that never come
+    assert (tmp_path / "upload.wav").read_bytes() == b"x" * 200_000 + b"y" * 100_000
+
+
+def test_an_abandoned_spool_stops_its_reader(tmp_path):
+    spool = spool_of(tmp_path / "upload.wav", b"RIFF", complete=False)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(spool.wait_for, 1000)
+        spool.abandon()
+        with pytest.raises(UploadStopped):
+            waiting.result(timeout=30)
+
+
+def test_an_upload_that_stops_kills_its_ffmpeg(tmp_path):
+    settings = Mp3Settings(find_ffmpeg(None), "192k", timeout=60)
+    wav = silent_wav(10.0)
+    spool = spool_of(tmp_path / "upload.wav", wav[: len(wav) // 2], complete=False)
+    with ThreadPoolExecutor(1) as pool:
+        conversion = pool.submit(
+            convert_wav_to_mp3, settings, spool, tmp_path / "out.mp3", read_wav_info(spool.path)
+        )
+        deadline = time.monotonic() + 30
+        while not settings.running._running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        spool.abandon()
+        with pytest.raises(UploadStopped):
+            conversion.result(timeout=30)
+    assert not settings.running._running
+
+
+def test_time_spent_waiting_for_the_upload_does_not_count_against_the_limit(tmp_path):
+    settings = Mp3Settings(find_ffmpeg(None), "192k", timeout=1.0)
+    wav = silent_wav(1.0)
+    spool = spool_of(tmp_path / "upload.wav", wav[:1000], complete=False)
+    with ThreadPoolExecutor(1) as pool:
+        conversion = pool.submit(
+            convert_wav_to_mp3, settings, spool, tmp_path / "out.mp3", read_wav_info(spool.path)
+        )
+        time.sleep(1.5)  # a client slower than the limit: the limit is for ffmpeg's own work
+        spool.write(memoryview(wav[1000:]))
+        spool.complete()
+        conversion.result(timeout=30)
+    assert (tmp_path / "out.mp3").stat().st_size > 0

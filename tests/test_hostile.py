@@ -8,7 +8,17 @@ import contextlib
 import pytest
 
 from tests.audio import make_wav, upload_form
-from tests.support import assert_problem, call, poll, post_form, post_streaming, serve_process
+from tests.support import (
+    assert_problem,
+    call,
+    poll,
+    port_of,
+    post_form,
+    post_streaming,
+    serve_process,
+    stall_body,
+    upload_head,
+)
 
 SLOW_CLIENTS = 200
 
@@ -36,17 +46,6 @@ async def drip_headers(host: str, port: int, stop: asyncio.Event) -> bool:
         writer.close()
 
 
-async def stall_body(host: str, port: int, head: bytes, sent: bytes) -> bytes:
-    """Send headers and part of a body, then nothing; what the server answers before it hangs up."""
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(head + sent)
-    await writer.drain()
-    try:
-        return await asyncio.wait_for(reader.read(), timeout=30)
-    finally:
-        writer.close()
-
-
 @pytest.mark.gen_test(timeout=120)
 async def test_slow_and_stalled_clients_do_not_stop_others_and_are_dropped(db, standin, tmp_path):
     env = {
@@ -60,7 +59,7 @@ async def test_slow_and_stalled_clients_do_not_stop_others_and_are_dropped(db, s
         "CONVERT_QUEUE": "0",
     }
     server = await serve_process(env, tmp_path / "server.log")
-    port = int(server.base_url.rsplit(":", 1)[1])
+    port = port_of(server.base_url)
     stop = asyncio.Event()
     try:
         drippers = [asyncio.ensure_future(drip_headers("127.0.0.1", port, stop)) for _ in range(SLOW_CLIENTS)]
@@ -68,14 +67,10 @@ async def test_slow_and_stalled_clients_do_not_stop_others_and_are_dropped(db, s
         assert (await call(server.base_url, "GET", "/health")).status == 200
         # A JSON body and an upload that stop half-way: both connections are dropped after the timeouts.
         json_head = b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
-        body, content_type = upload_form(user, make_wav(1.0))
-        upload_head = (
-            f"POST /records HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
+        form = upload_form(user, make_wav(1.0))
         stalled = await asyncio.gather(
-            stall_body("127.0.0.1", port, json_head, b'{"name": "'),
-            stall_body("127.0.0.1", port, upload_head, body[: len(body) // 2]),
+            stall_body(port, json_head, b'{"name": "'),
+            stall_body(port, upload_head(form), form[0][: len(form[0]) // 2]),
         )
         assert list(stalled) == [b"", b""]
         # The stalled upload gave its conversion slot back and left no temporary file.

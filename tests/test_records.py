@@ -10,8 +10,18 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from records.storage import MediaStore
-from tests.audio import decode_mp3, make_wav, multipart, silent_wav, wav_with_fmt
-from tests.support import CONNECTION_LOST, assert_problem, call, fetch, poll, post_streaming, sql
+from tests.audio import decode_mp3, make_wav, multipart, silent_wav, upload_form, wav_with_fmt
+from tests.support import (
+    assert_problem,
+    call,
+    poll,
+    port_of,
+    post_streaming,
+    send_partial,
+    sql,
+    stall_body,
+    upload_head,
+)
 
 
 async def new_user(base_url, name="uploader"):
@@ -358,21 +368,83 @@ async def test_undecodable_query_values_are_422(base_url, db):
     assert_problem(reply, 422)
 
 
+def ffmpeg_running(app) -> bool:
+    return bool(app.settings["mp3"].running._running)
+
+
 @pytest.mark.gen_test(timeout=120)
 @pytest.mark.settings(convert_workers=1, convert_queue=0)
 async def test_a_client_that_leaves_during_conversion_keeps_its_slot_until_ffmpeg_ends(
     base_url, db, user, app, settings
 ):
-    form = {"user": str(user[0]), "token": user[1]}
-    body, content_type = multipart(form, {"file": ("a.wav", silent_wav(480.0, 44100, 2))})
-    headers = {"Content-Type": content_type}
-    with pytest.raises(CONNECTION_LOST):  # the client gives up while ffmpeg is still at work
-        await fetch(base_url, "POST", "/records", raw=body, headers=headers, timeout=1.5)
+    form = upload_form({"id": user[0], "token": user[1]}, silent_wav(480.0, 44100, 2))
+    _, client = await send_partial(port_of(base_url), upload_head(form), form[0])
+    await poll(lambda: ffmpeg_running(app))
+    client.close()  # the client gives up while ffmpeg is still at work
     assert app.settings["conversions"].reserved == 1
     assert_problem(await upload(base_url, user[0], user[1], make_wav(0.2)), 503)
     await poll(lambda: app.settings["conversions"].reserved == 0, deadline=60)
     assert record_count(db) == 0
     assert media_files(settings) == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_conversion_follows_the_upload_while_it_arrives(base_url, db, user, app, settings, tmp_path):
+    body, content_type = upload_form({"id": user[0], "token": user[1]}, make_wav(3.0, 44100, 2, 2))
+    first = len(body) // 3
+
+    async def produce(write):
+        await write(body[:first])
+        # Authenticated from the fields that came first, ffmpeg is at work before the rest is sent.
+        await poll(lambda: ffmpeg_running(app))
+        await write(body[first:])
+
+    reply = await post_streaming(f"{base_url}/records", content_type, produce)
+    assert reply.status == 201
+    path = tmp_path / "take.mp3"
+    path.write_bytes((await call(reply.json["url"], "GET", "")).body)
+    assert abs(decode_mp3(path).duration_seconds - 3.0) < 0.1
+    ((duration,),) = sql(db, "SELECT duration FROM records")
+    assert abs(duration - 3.0) < 1e-6
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_wrong_credentials_before_the_file_are_refused_before_the_body_ends(
+    base_url, db, user, settings
+):
+    form = upload_form({"id": user[0], "token": "00000000-0000-4000-8000-000000000000"}, make_wav(3.0))
+    # A small start of the body, which the server reads whole: unread bytes would turn its close into a reset.
+    answer = await stall_body(port_of(base_url), upload_head(form), form[0][:2000])
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert b"Connection: close" in answer
+    assert media_files(settings) == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_client_that_leaves_mid_upload_stops_its_conversion(base_url, db, user, app, settings):
+    form = upload_form({"id": user[0], "token": user[1]}, make_wav(30.0))
+    _, client = await send_partial(port_of(base_url), upload_head(form), form[0][: len(form[0]) // 2])
+    await poll(lambda: ffmpeg_running(app))
+    client.close()
+    await poll(lambda: app.settings["conversions"].reserved == 0 and not ffmpeg_running(app))
+    assert media_files(settings) == []
+    assert record_count(db) == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_second_file_after_a_converted_one_keeps_nothing(base_url, db, user, settings):
+    body, content_type = upload_form({"id": user[0], "token": user[1]}, make_wav(1.0))
+    boundary = content_type.split("boundary=")[1]
+    second = (
+        (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="b.wav"\r\n\r\n').encode()
+        + make_wav(0.5)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    body = body.removesuffix(f"--{boundary}--\r\n".encode()) + second
+    reply = await call(base_url, "POST", "/records", raw=body, headers={"Content-Type": content_type})
+    assert assert_problem(reply, 422)["errors"][0]["field"] == "file"
+    assert media_files(settings) == []
+    assert record_count(db) == 0
 
 
 @pytest.mark.gen_test
