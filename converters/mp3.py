@@ -1,7 +1,7 @@
 """WAV to MP3 with ffmpeg: the WAV file spliced into ffmpeg's stdin as it grows (while the upload
 may still be arriving), the MP3 written to a file; nothing is held in memory, and a stuck ffmpeg is
-killed. Linux only: splice(2). The pipe keeps its default 64 KiB, which measured faster than 1 MiB
-(the bytes stay in the CPU caches between the two processes)."""
+killed. Linux only: splice(2), pidfd_open(2). The pipe keeps its default 64 KiB, which measured
+faster than 1 MiB (the bytes stay in the CPU caches between the two processes)."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def convert_wav_to_mp3(settings: Mp3Settings, source: GrowingFile, target: Path,
         failure: BaseException | None = None
         try:
             deadline = _pump(source, process, time.monotonic() + settings.timeout)
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            _wait_for_exit(process, deadline)
         except BaseException as error:
             process.kill()
             process.wait()
@@ -190,3 +190,17 @@ def _pump(source: GrowingFile, process: subprocess.Popen[bytes], deadline: float
                     continue
                 except BrokenPipeError:
                     return deadline
+
+
+def _wait_for_exit(process: subprocess.Popen[bytes], deadline: float) -> None:
+    """Wait until ffmpeg exits, or raise TimeoutExpired at the deadline. Through a pidfd, which wakes
+    the moment it exits: Popen.wait(timeout) polls with sleeps of up to 50 ms instead."""
+    descriptor = os.pidfd_open(process.pid)
+    try:
+        exited = select.poll()
+        exited.register(descriptor, select.POLLIN)
+        if not exited.poll(max(0.0, deadline - time.monotonic()) * 1000):
+            raise subprocess.TimeoutExpired(process.args, 0)
+    finally:
+        os.close(descriptor)
+    process.wait()
