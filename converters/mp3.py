@@ -11,15 +11,25 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, NamedTuple, Protocol
 
 from converters.wav import WavInfo
 
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+SPLICE_BYTES = 1024 * 1024  # between two looks at whether the upload was abandoned
+STARVED_CHECK_SECONDS = 0.1  # how often a conversion waiting for its input asks whether to give way
 ERROR_TAIL_BYTES = 4096
+
+
+class FileProgress(NamedTuple):
+    """How far a growing file is: the bytes in it, and whether more will come."""
+
+    size: int
+    complete: bool
 
 
 class GrowingFile(Protocol):
@@ -27,9 +37,14 @@ class GrowingFile(Protocol):
 
     path: Path
 
-    def wait_for(self, size: int) -> int:
-        """Block until the file holds `size` bytes or is complete; how many bytes it holds."""
+    def wait_for(self, size: int, timeout: float | None = None) -> FileProgress:
+        """Block until the file holds `size` bytes, is complete, or `timeout` seconds pass; raises
+        when the file is abandoned (its upload stopped)."""
         ...
+
+
+class GaveWay(Exception):
+    """The conversion stopped waiting for its input so that queued ones could have its thread."""
 
 
 class ConversionFailed(ValueError):
@@ -133,16 +148,23 @@ def ffmpeg_command(settings: Mp3Settings, target: Path, wav: WavInfo) -> list[st
     ]
 
 
-def convert_wav_to_mp3(settings: Mp3Settings, source: GrowingFile, target: Path, wav: WavInfo) -> None:
+def convert_wav_to_mp3(
+    settings: Mp3Settings,
+    source: GrowingFile,
+    target: Path,
+    wav: WavInfo,
+    give_way: Callable[[], bool] = lambda: False,
+) -> None:
     """Encode the WAV file `source` into `target` (blocking), following the file while it grows.
     ffmpeg may work for settings.timeout seconds, not counting time spent waiting for the file to
     grow. Raises ConversionFailed when ffmpeg cannot (a crash included), ConversionTimeout,
-    ConversionInterrupted when the service stopped it, or what `source` raises (ffmpeg is killed)."""
+    ConversionInterrupted when the service stopped it, GaveWay when it had to wait for the file
+    while `give_way()` said others need the thread, or what `source` raises (ffmpeg is killed)."""
     with tempfile.TemporaryFile(dir=target.parent) as errors:
         process = settings.running.start(ffmpeg_command(settings, target, wav), errors)
         failure: BaseException | None = None
         try:
-            deadline = _pump(source, process, time.monotonic() + settings.timeout)
+            deadline = _pump(source, process, time.monotonic() + settings.timeout, give_way)
             _wait_for_exit(process, deadline)
         except BaseException as error:
             process.kill()
@@ -161,7 +183,9 @@ def convert_wav_to_mp3(settings: Mp3Settings, source: GrowingFile, target: Path,
             raise ConversionFailed(f"the audio could not be converted: {reason}")
 
 
-def _pump(source: GrowingFile, process: subprocess.Popen[bytes], deadline: float) -> float:
+def _pump(
+    source: GrowingFile, process: subprocess.Popen[bytes], deadline: float, give_way: Callable[[], bool]
+) -> float:
     """Move the file's bytes into ffmpeg's stdin with splice(2) (no copies through Python), then
     close it; returns the deadline, moved on by the time spent waiting for the file to grow. Stops
     early, quietly, when ffmpeg stops reading (it exited)."""
@@ -174,28 +198,41 @@ def _pump(source: GrowingFile, process: subprocess.Popen[bytes], deadline: float
     with process.stdin, source.path.open("rb", buffering=0) as reader:
         while True:
             waited = time.monotonic()
-            available = source.wait_for(offset + 1)
+            available = _available_after(source, offset, give_way)
             deadline += time.monotonic() - waited
             if offset >= available:
                 return deadline
-            while offset < available:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not writable.poll(remaining * 1000):
-                    raise subprocess.TimeoutExpired(process.args, 0)
-                try:
-                    offset += os.splice(
-                        reader.fileno(), descriptor, available - offset, offset_src=offset, flags=SPLICE_FLAGS
-                    )
-                except BlockingIOError:
-                    continue
-                except BrokenPipeError:
-                    return deadline
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not writable.poll(remaining * 1000):
+                raise subprocess.TimeoutExpired(process.args, 0)
+            try:
+                count = min(available - offset, SPLICE_BYTES)
+                offset += os.splice(reader.fileno(), descriptor, count, offset_src=offset, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                continue
+            except BrokenPipeError:
+                return deadline
+
+
+def _available_after(source: GrowingFile, offset: int, give_way: Callable[[], bool]) -> int:
+    """The size of the file once it holds more than `offset` bytes or is complete. Raises GaveWay
+    when it has to wait for that while `give_way()` is true."""
+    while True:
+        progress = source.wait_for(offset + 1, STARVED_CHECK_SECONDS)
+        if progress.size > offset or progress.complete:
+            return progress.size
+        if give_way():
+            raise GaveWay("the conversion gave its thread to queued ones while its upload arrives")
 
 
 def _wait_for_exit(process: subprocess.Popen[bytes], deadline: float) -> None:
     """Wait until ffmpeg exits, or raise TimeoutExpired at the deadline. Through a pidfd, which wakes
-    the moment it exits: Popen.wait(timeout) polls with sleeps of up to 50 ms instead."""
-    descriptor = os.pidfd_open(process.pid)
+    the moment it exits, where there is one: Popen.wait(timeout) polls with sleeps of up to 50 ms."""
+    try:
+        descriptor = os.pidfd_open(process.pid)
+    except OSError:  # Linux before 5.3, or a container profile that forbids it
+        process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        return
     try:
         exited = select.poll()
         exited.register(descriptor, select.POLLIN)

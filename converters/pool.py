@@ -3,12 +3,11 @@ refused at once instead of queueing without end."""
 
 from __future__ import annotations
 
-import asyncio
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
-P = ParamSpec("P")
 R = TypeVar("R")
 
 
@@ -19,6 +18,8 @@ class ConversionPool:
         self.capacity = workers + queue
         self.reserved = 0
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="convert")
+        self._lock = threading.Lock()
+        self._queued = 0
 
     def try_reserve(self) -> bool:
         """Take a slot if one is free (event-loop thread only)."""
@@ -31,11 +32,29 @@ class ConversionPool:
         """Give a slot back."""
         self.reserved -= 1
 
-    async def run(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run blocking conversion work on the pool's threads."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: work(*args, **kwargs))
+    def submit(self, work: Callable[[], R]) -> Future[R]:
+        """Queue blocking conversion work for the pool's threads."""
+        with self._lock:
+            self._queued += 1
+        return self._executor.submit(self._start, work)
+
+    def cancel(self, job: Future[R]) -> bool:
+        """Take work out of the queue; False when it has started already (or ended)."""
+        if not job.cancel():
+            return False
+        with self._lock:
+            self._queued -= 1
+        return True
+
+    def others_waiting(self) -> bool:
+        """Whether work is queued for a thread (a conversion waiting for its input gives way)."""
+        return self._queued > 0
 
     def shutdown(self) -> None:
         """Wait for running conversions, then stop the threads."""
         self._executor.shutdown(wait=True)
+
+    def _start(self, work: Callable[[], R]) -> R:
+        with self._lock:
+            self._queued -= 1
+        return work()

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import re
+import sys
 from asyncio import Future
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -143,6 +144,12 @@ class BaseHandler(RequestHandler):
             if not self._finished:
                 await self.stop_work()
                 self.send_error(error.status_code, exc_info=(type(error), error, None))
+        except Exception:
+            # A bug: answered with 500 like one in a handler method, not by dropping the connection.
+            log.exception("error while reading the body of %s", self._request_summary())
+            if not self._finished:
+                await self.stop_work()
+                self.send_error(500, exc_info=sys.exc_info())
 
     async def consume_body(self, chunk: bytes) -> None:
         """Take a piece of the body (raising ApiError refuses the request); JSON handlers buffer it."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import re
 import uuid
@@ -12,7 +14,7 @@ from typing import Any
 
 from tornado.web import HTTPError
 
-from converters.mp3 import ConversionFailed, ConversionInterrupted
+from converters.mp3 import ConversionFailed, ConversionInterrupted, GaveWay
 from converters.wav import InvalidWav, NotWav
 from handlers.base import BaseHandler
 from handlers.problems import RETRY_AFTER, ApiError, invalid
@@ -45,7 +47,8 @@ class RecordUploadHandler(BaseHandler):
     """Streams the multipart body to a temporary file and converts it on the conversion pool. When
     the user and token come before the file (as form fields, or the token as a Bearer header), the
     upload is authenticated as soon as the file begins and the conversion follows the file while it
-    arrives; otherwise the conversion starts once the whole body is in."""
+    arrives (giving its thread to queued conversions whenever it has to wait for the upload, and
+    starting over once the body is in); otherwise the conversion starts once the whole body is in."""
 
     @property
     def max_body_bytes(self) -> int:
@@ -57,6 +60,7 @@ class RecordUploadHandler(BaseHandler):
         self._form: StreamingForm | None = None
         self._reserved = False
         self._conversion: asyncio.Task[StoredAudio] | None = None
+        self._job: concurrent.futures.Future[StoredAudio] | None = None
         self._claimed = False
         super().prepare()
         if self.request.method != "POST":
@@ -96,7 +100,7 @@ class RecordUploadHandler(BaseHandler):
                     user_id, token = self._credentials(form)
                 except ApiError:
                     return  # not all in yet, or malformed: judged once the whole body is in
-                await self._start_conversion(user_id, token, form.spool)
+                await self._authenticate_and_convert(user_id, token, form.spool)
 
     async def post(self) -> None:
         """Authenticate (unless done already), convert, store, and answer with the download link."""
@@ -107,11 +111,17 @@ class RecordUploadHandler(BaseHandler):
             raise
 
     async def stop_work(self) -> None:
-        """Stop a conversion under way, and wait until its ffmpeg has ended."""
+        """Stop a conversion under way and wait until it has ended."""
         conversion = self._conversion
-        if conversion is not None and not self._claimed and self._form is not None:
-            self._form.spool.abandon()
+        if conversion is not None and not self._claimed:
+            self._stop_conversion()
             await asyncio.wait({conversion})
+
+    def _stop_conversion(self) -> None:
+        """Take the conversion out of the queue, or abandon its input so that its ffmpeg is killed."""
+        assert self._job is not None and self._form is not None
+        if not self.conversions.cancel(self._job):
+            self._form.spool.abandon()
 
     async def _store_upload(self) -> None:
         form = self._form
@@ -124,8 +134,11 @@ class RecordUploadHandler(BaseHandler):
             user_id, token = self._credentials(form)
             if form.file_parts != 1:
                 raise invalid("file", "is required" if form.file_parts == 0 else "send exactly one file")
-            conversion = self._conversion or await self._start_conversion(user_id, token, form.spool)
-            audio = await conversion
+            conversion = self._conversion or await self._authenticate_and_convert(user_id, token, form.spool)
+            try:
+                audio = await conversion
+            except GaveWay:  # it stopped following the upload to free its thread; the file is all in now
+                audio = await self._convert_later(form.spool)
             self._claimed = True
             if self._gone:  # nobody will ever get the link: keep nothing
                 self.media.remove(audio.path)
@@ -148,19 +161,29 @@ class RecordUploadHandler(BaseHandler):
             raise invalid("token", "is required (a form field, or Authorization: Bearer)")
         return user_id, token
 
-    async def _start_conversion(self, user_id: int, token: str, spool: Spool) -> asyncio.Task[StoredAudio]:
+    async def _authenticate_and_convert(
+        self, user_id: int, token: str, spool: Spool
+    ) -> asyncio.Task[StoredAudio]:
         """Check the credentials (404, 403), then hand the file to the conversion pool."""
         check = await self.run_db(check_token, user_id, token)
         if check == "unknown_user":
             raise ApiError(404, f"there is no user {user_id}")
         if check == "wrong_token":
             raise ApiError(403, "the token does not belong to this user")
-        self._conversion = asyncio.ensure_future(self._convert(spool))
+        return self._convert_later(spool)
+
+    def _convert_later(self, spool: Spool) -> asyncio.Task[StoredAudio]:
+        self._job = self.conversions.submit(
+            functools.partial(
+                convert_into_store, self.media, self.mp3_settings, spool, self.conversions.others_waiting
+            )
+        )
+        self._conversion = asyncio.ensure_future(self._converted(self._job))
         return self._conversion
 
-    async def _convert(self, spool: Spool) -> StoredAudio:
+    async def _converted(self, job: concurrent.futures.Future[StoredAudio]) -> StoredAudio:
         try:
-            return await self.conversions.run(convert_into_store, self.media, self.mp3_settings, spool)
+            return await asyncio.wrap_future(job)
         except NotWav as error:
             raise ApiError(415, f"{error}; upload a WAV file") from None
         except (InvalidWav, ConversionFailed) as error:
@@ -185,27 +208,33 @@ class RecordUploadHandler(BaseHandler):
         self._free_upload()
         super().release()
 
+    @staticmethod
+    def _made_an_mp3(conversion: asyncio.Task[StoredAudio]) -> bool:
+        """Whether a finished conversion made an MP3."""
+        return not conversion.cancelled() and conversion.exception() is None
+
     def _free_upload(self) -> None:
         conversion: asyncio.Task[StoredAudio] | None = getattr(self, "_conversion", None)
-        if conversion is not None:
-            if not conversion.done():
-                # The client went away: stop it, and free what it uses once ffmpeg has ended.
-                assert self._form is not None
-                self._form.spool.abandon()
-                conversion.add_done_callback(lambda _: self._free_upload())
-                return
-            self._conversion = None
-            if not self._claimed and not conversion.cancelled() and conversion.exception() is None:
-                self.media.remove(conversion.result().path)  # finished, but the request failed
-        if getattr(self, "_reserved", False):
-            self._reserved = False
-            self.conversions.release()
-        form: StreamingForm | None = getattr(self, "_form", None)
-        if form is not None:
-            self._form = None
-            form.close()
-            with contextlib.suppress(FileNotFoundError):
-                form.spool.path.unlink()
+        if conversion is not None and not conversion.done():
+            # The client went away: stop it, and free what it uses once it has ended.
+            self._stop_conversion()
+            conversion.add_done_callback(lambda _: self._free_upload())
+            return
+        self._conversion = None
+        try:
+            # An MP3 no request took: the request failed meanwhile.
+            if conversion is not None and not self._claimed and self._made_an_mp3(conversion):
+                self.media.remove(conversion.result().path)
+        finally:
+            if getattr(self, "_reserved", False):
+                self._reserved = False
+                self.conversions.release()
+            form: StreamingForm | None = getattr(self, "_form", None)
+            if form is not None:
+                self._form = None
+                form.close()
+                with contextlib.suppress(FileNotFoundError):
+                    form.spool.path.unlink()
 
 
 class RecordDownloadHandler(StaticBaseHandler):

@@ -6,6 +6,8 @@ import os
 import threading
 from pathlib import Path
 
+from converters.mp3 import FileProgress
+
 
 class UploadStopped(Exception):
     """The upload ended before its file was complete (client gone, body refused): nothing to convert."""
@@ -13,8 +15,8 @@ class UploadStopped(Exception):
 
 class Spool:
     """The upload's file part on disk. The upload writes it (`open`, `write`, then `complete`, or
-    `abandon` at any time) on I/O threads; a reader on another thread follows it with `wait_for`,
-    which blocks until more bytes are in the file and raises UploadStopped once it is
+    `abandon` at any time, from any thread) while a reader on another thread follows it with
+    `wait_for`, which blocks until more bytes are in the file and raises UploadStopped once it is
     abandoned, so a conversion can run while the upload is still arriving."""
 
     def __init__(self, path: Path) -> None:
@@ -36,12 +38,12 @@ class Spool:
 
     def write(self, data: memoryview) -> None:
         """Append bytes (blocking); a reader sees them once they are all in the file."""
-        if self._descriptor is None:
-            return
-        size = len(data)
-        while data:
-            data = data[os.write(self._descriptor, data) :]
-        with self._changed:
+        with self._changed:  # so that an abandon never closes the file under a write
+            if self._descriptor is None:
+                return
+            size = len(data)
+            while data:
+                data = data[os.write(self._descriptor, data) :]
             self._written += size
             self._changed.notify_all()
 
@@ -59,13 +61,16 @@ class Spool:
             self._abandoned = True
             self._changed.notify_all()
 
-    def wait_for(self, size: int) -> int:
-        """Block until `size` bytes are in the file or it is complete; how many bytes it holds."""
+    def wait_for(self, size: int, timeout: float | None = None) -> FileProgress:
+        """Block until `size` bytes are in the file, it is complete, or `timeout` seconds pass; how
+        far it is. Raises UploadStopped once it is abandoned."""
         with self._changed:
-            self._changed.wait_for(lambda: self._abandoned or self._complete or self._written >= size)
+            self._changed.wait_for(
+                lambda: self._abandoned or self._complete or self._written >= size, timeout
+            )
             if self._abandoned:
                 raise UploadStopped("the upload stopped before its file was complete")
-            return self._written
+            return FileProgress(self._written, self._complete)
 
     def _close(self) -> None:
         with self._changed:  # complete and abandon may come from different threads

@@ -8,11 +8,12 @@ import logging
 import os
 import signal
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from converters.mp3 import Mp3Settings, convert_wav_to_mp3
-from converters.wav import InvalidWav, NotWav, WavInfo, read_wav_info
+from converters.wav import InvalidWav, WavInfo, read_wav_info
 from records.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class MediaStore:
 def stop_processes_using(directory: Path) -> None:
     """SIGKILL processes with an argument `file:<directory>/...`: the ffmpeg children of a SIGKILLed
     server, which would go on writing there (Linux /proc; elsewhere a no-op)."""
-    marker = f"file:{directory}/".encode()  # how ffmpeg_command names its input and output
+    marker = f"file:{directory}/".encode()  # how ffmpeg_command names its output
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             if any(argument.startswith(marker) for argument in cmdline.read_bytes().split(b"\0")):
@@ -133,14 +134,17 @@ def _fsync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
-def convert_into_store(store: MediaStore, mp3: Mp3Settings, upload: Spool) -> StoredAudio:
+def convert_into_store(
+    store: MediaStore, mp3: Mp3Settings, upload: Spool, give_way: Callable[[], bool]
+) -> StoredAudio:
     """Validate the uploaded WAV, encode it, following the upload while it still arrives, and commit
     the MP3 (blocking; for the conversion pool). Raises NotWav, InvalidWav, ConversionFailed,
-    ConversionInterrupted or UploadStopped, and leaves no file behind."""
+    ConversionInterrupted, UploadStopped or GaveWay (see convert_wav_to_mp3), and leaves no file."""
     wav = _early_wav_info(upload)
     temp = store.new_temp_path(".mp3")
     try:
-        convert_wav_to_mp3(mp3, upload, temp, wav)
+        convert_wav_to_mp3(mp3, upload, temp, wav, give_way)
+        upload.wait_for(0)  # raises if the upload was abandoned meanwhile: nothing to commit then
         duration = read_wav_info(upload.path).duration  # of the whole file, now that it is all in
         size = temp.stat().st_size
         record_id = uuid.uuid4()
@@ -151,11 +155,11 @@ def convert_into_store(store: MediaStore, mp3: Mp3Settings, upload: Spool) -> St
 
 
 def _early_wav_info(upload: Spool) -> WavInfo:
-    """The WAV's header from its first bytes; judged on the whole file when the first bytes are not
-    enough (a header chunk larger than HEADER_BYTES, a file shorter than that)."""
+    """The WAV's header from its first bytes. A file that is not a WAV is refused at once; other
+    faults are judged on the whole file (a header chunk larger than HEADER_BYTES, say)."""
     upload.wait_for(HEADER_BYTES)
     try:
         return read_wav_info(upload.path)
-    except (NotWav, InvalidWav):
+    except InvalidWav:
         upload.wait_for(2**63)  # until the upload is complete
         return read_wav_info(upload.path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from converters.ffmpeg import FfmpegMissing, find_ffmpeg
-from converters.mp3 import ConversionInterrupted, Mp3Settings, convert_wav_to_mp3, mp3_sample_rate
+from converters.mp3 import ConversionInterrupted, GaveWay, Mp3Settings, convert_wav_to_mp3, mp3_sample_rate
 from converters.wav import read_wav_info
 from records.names import content_disposition, sanitize_filename
 from records.spool import Spool, UploadStopped
@@ -116,10 +117,10 @@ def test_only_ffmpeg_style_file_arguments_in_the_directory_are_stopped(tmp_path)
 
 def test_a_spool_says_how_much_is_in_until_it_is_complete(tmp_path):
     spool = spool_of(tmp_path / "upload.wav", b"x" * 200_000, complete=False)
-    assert spool.wait_for(150_000) == 200_000
+    assert spool.wait_for(150_000) == (200_000, False)
     spool.write(memoryview(b"y" * 100_000))
     spool.complete()
-    assert spool.wait_for(10**9) == 300_000  # complete: no waiting for bytes that never come
+    assert spool.wait_for(10**9) == (300_000, True)  # complete: no waiting for bytes that never come
     assert (tmp_path / "upload.wav").read_bytes() == b"x" * 200_000 + b"y" * 100_000
 
 
@@ -161,4 +162,24 @@ def test_time_spent_waiting_for_the_upload_does_not_count_against_the_limit(tmp_
         spool.write(memoryview(wav[1000:]))
         spool.complete()
         conversion.result(timeout=30)
+    assert (tmp_path / "out.mp3").stat().st_size > 0
+
+
+def test_a_conversion_starved_of_input_gives_way_when_asked(tmp_path):
+    settings = Mp3Settings(find_ffmpeg(None), "192k", timeout=60)
+    wav = silent_wav(2.0)
+    spool = spool_of(tmp_path / "upload.wav", wav[: len(wav) // 2], complete=False)
+    with pytest.raises(GaveWay):
+        convert_wav_to_mp3(settings, spool, tmp_path / "out.mp3", read_wav_info(spool.path), lambda: True)
+    assert not settings.running._running
+
+
+def test_ffmpeg_exit_is_awaited_without_pidfd_too(tmp_path, monkeypatch):
+    def refused(pid: int) -> int:
+        raise PermissionError("pidfd_open is not allowed here")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    settings = Mp3Settings(find_ffmpeg(None), "192k", timeout=60)
+    spool = spool_of(tmp_path / "upload.wav", silent_wav(1.0))
+    convert_wav_to_mp3(settings, spool, tmp_path / "out.mp3", read_wav_info(spool.path))
     assert (tmp_path / "out.mp3").stat().st_size > 0

@@ -381,7 +381,6 @@ async def test_a_client_that_leaves_during_conversion_keeps_its_slot_until_ffmpe
     _, client = await send_partial(port_of(base_url), upload_head(form), form[0])
     await poll(lambda: ffmpeg_running(app))
     client.close()  # the client gives up while ffmpeg is still at work
-    assert app.settings["conversions"].reserved == 1
     assert_problem(await upload(base_url, user[0], user[1], make_wav(0.2)), 503)
     await poll(lambda: app.settings["conversions"].reserved == 0, deadline=60)
     assert record_count(db) == 0
@@ -452,3 +451,50 @@ async def test_a_large_body_with_the_wrong_method_still_gets_a_405_problem(base_
     reply = await call(base_url, "PUT", "/records", raw=b"x" * 2_000_000)
     assert_problem(reply, 405)
     assert reply.headers["Allow"] == "POST"
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(convert_workers=1, convert_queue=1)
+async def test_a_conversion_waiting_for_a_slow_upload_gives_way(base_url, db, user, app, settings, tmp_path):
+    body, content_type = upload_form({"id": user[0], "token": user[1]}, make_wav(2.0))
+    release = asyncio.Event()
+
+    async def stalling(write):
+        await write(body[: len(body) // 2])
+        await release.wait()
+        await write(body[len(body) // 2 :])
+
+    slow = asyncio.ensure_future(post_streaming(f"{base_url}/records", content_type, stalling))
+    try:
+        await poll(lambda: ffmpeg_running(app))  # the only conversion thread follows the slow upload
+        # A complete upload does not wait for the slow one: the waiting conversion gives way.
+        assert (await upload(base_url, user[0], user[1], make_wav(0.5))).status == 201
+        assert not slow.done()
+        release.set()
+        reply = await slow  # converted again from the start once its body is in
+        assert reply.status == 201
+    finally:
+        release.set()
+    path = tmp_path / "slow.mp3"
+    path.write_bytes((await call(reply.json["url"], "GET", "")).body)
+    assert abs(decode_mp3(path).duration_seconds - 2.0) < 0.1
+    assert record_count(db) == 2
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(convert_workers=1, convert_queue=1)
+async def test_a_queued_conversion_of_a_failed_upload_is_dropped_at_once(base_url, db, user, app, settings):
+    long = asyncio.ensure_future(upload(base_url, user[0], user[1], silent_wav(480.0, 44100, 2)))
+    try:
+        await poll(lambda: ffmpeg_running(app))
+        body, content_type = upload_form({"id": user[0], "token": user[1]}, make_wav(0.5))
+        # The form breaks after its file (no closing boundary): its queued conversion never runs.
+        broken = body.removesuffix(b"--\r\n")
+        reply = await call(base_url, "POST", "/records", raw=broken, headers={"Content-Type": content_type})
+        assert_problem(reply, 400)
+        assert ffmpeg_running(app)  # answered while the long conversion still holds the only thread
+        assert not app.settings["conversions"].others_waiting()
+    finally:
+        assert (await long).status == 201
+    assert record_count(db) == 1
+    assert len(media_files(settings)) == 1
