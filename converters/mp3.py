@@ -198,7 +198,7 @@ def _pump(
     with process.stdin, source.path.open("rb", buffering=0) as reader:
         while True:
             waited = time.monotonic()
-            available = _available_after(source, offset, give_way)
+            available = wait_or_give_way(source, offset + 1, give_way).size
             deadline += time.monotonic() - waited
             if offset >= available:
                 return deadline
@@ -214,13 +214,13 @@ def _pump(
                 return deadline
 
 
-def _available_after(source: GrowingFile, offset: int, give_way: Callable[[], bool]) -> int:
-    """The size of the file once it holds more than `offset` bytes or is complete. Raises GaveWay
-    when it has to wait for that while `give_way()` is true."""
+def wait_or_give_way(source: GrowingFile, size: int, give_way: Callable[[], bool]) -> FileProgress:
+    """Block until the file holds `size` bytes or is complete. Raises GaveWay when it has to wait
+    for that while `give_way()` is true (others need the thread meanwhile)."""
     while True:
-        progress = source.wait_for(offset + 1, STARVED_CHECK_SECONDS)
-        if progress.size > offset or progress.complete:
-            return progress.size
+        progress = source.wait_for(size, STARVED_CHECK_SECONDS)
+        if progress.size >= size or progress.complete:
+            return progress
         if give_way():
             raise GaveWay("the conversion gave its thread to queued ones while its upload arrives")
 

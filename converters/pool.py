@@ -20,6 +20,7 @@ class ConversionPool:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="convert")
         self._lock = threading.Lock()
         self._queued = 0
+        self.converting = 0  # work that a thread has started and not finished
 
     def try_reserve(self) -> bool:
         """Take a slot if one is free (event-loop thread only)."""
@@ -57,4 +58,9 @@ class ConversionPool:
     def _start(self, work: Callable[[], R]) -> R:
         with self._lock:
             self._queued -= 1
-        return work()
+            self.converting += 1
+        try:
+            return work()
+        finally:
+            with self._lock:
+                self.converting -= 1

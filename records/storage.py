@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from converters.mp3 import Mp3Settings, convert_wav_to_mp3
+from converters.mp3 import Mp3Settings, convert_wav_to_mp3, wait_or_give_way
 from converters.wav import InvalidWav, WavInfo, read_wav_info
 from records.spool import Spool
 
@@ -140,7 +140,7 @@ def convert_into_store(
     """Validate the uploaded WAV, encode it, following the upload while it still arrives, and commit
     the MP3 (blocking; for the conversion pool). Raises NotWav, InvalidWav, ConversionFailed,
     ConversionInterrupted, UploadStopped or GaveWay (see convert_wav_to_mp3), and leaves no file."""
-    wav = _early_wav_info(upload)
+    wav = _early_wav_info(upload, give_way)
     temp = store.new_temp_path(".mp3")
     try:
         convert_wav_to_mp3(mp3, upload, temp, wav, give_way)
@@ -154,12 +154,12 @@ def convert_into_store(
             temp.unlink()
 
 
-def _early_wav_info(upload: Spool) -> WavInfo:
+def _early_wav_info(upload: Spool, give_way: Callable[[], bool]) -> WavInfo:
     """The WAV's header from its first bytes. A file that is not a WAV is refused at once; other
     faults are judged on the whole file (a header chunk larger than HEADER_BYTES, say)."""
-    upload.wait_for(HEADER_BYTES)
+    wait_or_give_way(upload, HEADER_BYTES, give_way)
     try:
         return read_wav_info(upload.path)
     except InvalidWav:
-        upload.wait_for(2**63)  # until the upload is complete
+        wait_or_give_way(upload, 2**63, give_way)  # until the upload is complete
         return read_wav_info(upload.path)

@@ -455,18 +455,23 @@ async def test_a_large_body_with_the_wrong_method_still_gets_a_405_problem(base_
 
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.settings(convert_workers=1, convert_queue=1)
-async def test_a_conversion_waiting_for_a_slow_upload_gives_way(base_url, db, user, app, settings, tmp_path):
+@pytest.mark.parametrize("stalled_at", ["the WAV header", "the middle of the audio"])
+async def test_a_conversion_waiting_for_a_slow_upload_gives_way(
+    base_url, db, user, app, settings, tmp_path, stalled_at
+):
     body, content_type = upload_form({"id": user[0], "token": user[1]}, make_wav(2.0))
+    sent = 2000 if stalled_at == "the WAV header" else len(body) // 2
     release = asyncio.Event()
 
     async def stalling(write):
-        await write(body[: len(body) // 2])
+        await write(body[:sent])
         await release.wait()
-        await write(body[len(body) // 2 :])
+        await write(body[sent:])
 
     slow = asyncio.ensure_future(post_streaming(f"{base_url}/records", content_type, stalling))
     try:
-        await poll(lambda: ffmpeg_running(app))  # the only conversion thread follows the slow upload
+        # The only conversion thread follows the slow upload.
+        await poll(lambda: app.settings["conversions"].converting == 1)
         # A complete upload does not wait for the slow one: the waiting conversion gives way.
         assert (await upload(base_url, user[0], user[1], make_wav(0.5))).status == 201
         assert not slow.done()
