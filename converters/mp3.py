@@ -5,6 +5,7 @@ faster than 1 MiB (the bytes stay in the CPU caches between the two processes)."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import subprocess
@@ -21,7 +22,10 @@ from converters.wav import WavInfo
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 SPLICE_BYTES = 1024 * 1024  # between two looks at whether the upload was abandoned
-STARVED_CHECK_SECONDS = 0.1  # how often a conversion waiting for its input asks whether to give way
+# A conversion that gets less than FOLLOW_BYTES of its upload in STARVED_CHECK_SECONDS (2.5 MB/s,
+# a tenth of what ffmpeg takes) is mostly waiting: it gives its thread away if others need one.
+FOLLOW_BYTES = 256 * 1024
+STARVED_CHECK_SECONDS = 0.1
 ERROR_TAIL_BYTES = 4096
 
 
@@ -165,7 +169,7 @@ def convert_wav_to_mp3(
         failure: BaseException | None = None
         try:
             deadline = _pump(source, process, time.monotonic() + settings.timeout, give_way)
-            _wait_for_exit(process, deadline)
+            _wait_for_exit(process, deadline, source)
         except BaseException as error:
             process.kill()
             process.wait()
@@ -198,15 +202,20 @@ def _pump(
     with process.stdin, source.path.open("rb", buffering=0) as reader:
         while True:
             waited = time.monotonic()
-            available = wait_or_give_way(source, offset + 1, give_way).size
+            progress = wait_or_give_way(source, offset + FOLLOW_BYTES, give_way)
             deadline += time.monotonic() - waited
-            if offset >= available:
-                return deadline
+            if offset >= progress.size:
+                if progress.complete:
+                    return deadline
+                continue
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not writable.poll(remaining * 1000):
+            if remaining <= 0:
                 raise subprocess.TimeoutExpired(process.args, 0)
+            # In short slices, so that an abandoned upload is seen even while ffmpeg does not read.
+            if not writable.poll(min(remaining, STARVED_CHECK_SECONDS) * 1000):
+                continue
             try:
-                count = min(available - offset, SPLICE_BYTES)
+                count = min(progress.size - offset, SPLICE_BYTES)
                 offset += os.splice(reader.fileno(), descriptor, count, offset_src=offset, flags=SPLICE_FLAGS)
             except BlockingIOError:
                 continue
@@ -215,29 +224,44 @@ def _pump(
 
 
 def wait_or_give_way(source: GrowingFile, size: int, give_way: Callable[[], bool]) -> FileProgress:
-    """Block until the file holds `size` bytes or is complete. Raises GaveWay when it has to wait
-    for that while `give_way()` is true (others need the thread meanwhile)."""
+    """Block until the file holds `size` bytes, is complete, or STARVED_CHECK_SECONDS pass; how far
+    it is then. Raises GaveWay when it falls short while `give_way()` is true (others need the thread)."""
+    progress = source.wait_for(size, STARVED_CHECK_SECONDS)
+    if progress.size < size and not progress.complete and give_way():
+        raise GaveWay("the conversion gave its thread to queued ones while its upload arrives")
+    return progress
+
+
+def wait_until(source: GrowingFile, size: int, give_way: Callable[[], bool]) -> FileProgress:
+    """Block until the file holds `size` bytes or is complete, giving way as `wait_or_give_way`."""
     while True:
-        progress = source.wait_for(size, STARVED_CHECK_SECONDS)
+        progress = wait_or_give_way(source, size, give_way)
         if progress.size >= size or progress.complete:
             return progress
-        if give_way():
-            raise GaveWay("the conversion gave its thread to queued ones while its upload arrives")
 
 
-def _wait_for_exit(process: subprocess.Popen[bytes], deadline: float) -> None:
-    """Wait until ffmpeg exits, or raise TimeoutExpired at the deadline. Through a pidfd, which wakes
-    the moment it exits, where there is one: Popen.wait(timeout) polls with sleeps of up to 50 ms."""
+def _wait_for_exit(process: subprocess.Popen[bytes], deadline: float, source: GrowingFile) -> None:
+    """Wait until ffmpeg exits, or raise TimeoutExpired at the deadline, or what `source` raises once
+    abandoned. Through a pidfd, which wakes the moment it exits, where there is one: Popen.wait
+    with a timeout polls with sleeps of up to 50 ms."""
     try:
         descriptor = os.pidfd_open(process.pid)
     except OSError:  # Linux before 5.3, or a container profile that forbids it
-        process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        return
+        descriptor = None
     try:
         exited = select.poll()
-        exited.register(descriptor, select.POLLIN)
-        if not exited.poll(max(0.0, deadline - time.monotonic()) * 1000):
-            raise subprocess.TimeoutExpired(process.args, 0)
+        if descriptor is not None:
+            exited.register(descriptor, select.POLLIN)
+        while process.poll() is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise subprocess.TimeoutExpired(process.args, 0)
+            source.wait_for(0)  # raises once the upload is abandoned
+            if descriptor is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=min(remaining, STARVED_CHECK_SECONDS))
+            else:
+                exited.poll(min(remaining, STARVED_CHECK_SECONDS) * 1000)
     finally:
-        os.close(descriptor)
-    process.wait()
+        if descriptor is not None:
+            os.close(descriptor)

@@ -83,7 +83,8 @@ class RecordUploadHandler(BaseHandler):
 
     async def consume_body(self, chunk: bytes) -> None:
         """Parse the body as it arrives, on an I/O thread (the file part goes to disk); start the
-        conversion as soon as the file begins after the credentials."""
+        conversion as soon as the file begins after the credentials, if a conversion thread is free
+        (else it starts once the body is in, and a queued conversion is always ready to run)."""
         form = self._form
         if form is None:
             return await super().consume_body(chunk)
@@ -95,7 +96,7 @@ class RecordUploadHandler(BaseHandler):
             except OSError as error:
                 log.error("cannot write an upload: %s", error)
                 raise ApiError(503, "the upload cannot be stored right now", headers=RETRY_AFTER) from None
-            if self._conversion is None and form.spool.started:
+            if self._conversion is None and form.spool.started and self.conversions.has_idle_thread():
                 try:
                     user_id, token = self._credentials(form)
                 except ApiError:
@@ -138,6 +139,8 @@ class RecordUploadHandler(BaseHandler):
             try:
                 audio = await conversion
             except GaveWay:  # it stopped following the upload to free its thread; the file is all in now
+                if self._gone:
+                    return
                 audio = await self._convert_later(form.spool)
             self._claimed = True
             if self._gone:  # nobody will ever get the link: keep nothing
@@ -175,7 +178,7 @@ class RecordUploadHandler(BaseHandler):
     def _convert_later(self, spool: Spool) -> asyncio.Task[StoredAudio]:
         self._job = self.conversions.submit(
             functools.partial(
-                convert_into_store, self.media, self.mp3_settings, spool, self.conversions.others_waiting
+                convert_into_store, self.media, self.mp3_settings, spool, self.conversions.should_give_way
             )
         )
         self._conversion = asyncio.ensure_future(self._converted(self._job))
@@ -184,6 +187,13 @@ class RecordUploadHandler(BaseHandler):
     async def _converted(self, job: concurrent.futures.Future[StoredAudio]) -> StoredAudio:
         try:
             return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this task itself is being cancelled
+                raise
+            raise ApiError(
+                503, "the upload stopped before its conversion began", headers=RETRY_AFTER
+            ) from None
         except NotWav as error:
             raise ApiError(415, f"{error}; upload a WAV file") from None
         except (InvalidWav, ConversionFailed) as error:
@@ -196,6 +206,13 @@ class RecordUploadHandler(BaseHandler):
 
     def _public_base(self) -> str:
         return self.config.public_url or f"{self.request.protocol}://{self.request.host}"
+
+    def on_connection_close(self) -> None:
+        """The client went away: stop its conversion at once (nobody will get the link)."""
+        conversion = getattr(self, "_conversion", None)
+        if conversion is not None and not conversion.done() and not self._claimed:
+            self._stop_conversion()
+        super().on_connection_close()
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
         """Free the slot and delete the uploaded WAV before any answer leaves, whatever happened,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from converters.mp3 import Mp3Settings, convert_wav_to_mp3, wait_or_give_way
+from converters.mp3 import Mp3Settings, convert_wav_to_mp3, wait_until
 from converters.wav import InvalidWav, WavInfo, read_wav_info
 from records.spool import Spool
 
@@ -157,9 +157,9 @@ def convert_into_store(
 def _early_wav_info(upload: Spool, give_way: Callable[[], bool]) -> WavInfo:
     """The WAV's header from its first bytes. A file that is not a WAV is refused at once; other
     faults are judged on the whole file (a header chunk larger than HEADER_BYTES, say)."""
-    wait_or_give_way(upload, HEADER_BYTES, give_way)
+    wait_until(upload, HEADER_BYTES, give_way)
     try:
         return read_wav_info(upload.path)
     except InvalidWav:
-        wait_or_give_way(upload, 2**63, give_way)  # until the upload is complete
+        wait_until(upload, 2**63, give_way)  # until the upload is complete
         return read_wav_info(upload.path)

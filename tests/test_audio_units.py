@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from converters.ffmpeg import FfmpegMissing, find_ffmpeg
 from converters.mp3 import ConversionInterrupted, GaveWay, Mp3Settings, convert_wav_to_mp3, mp3_sample_rate
+from converters.pool import ConversionPool
 from converters.wav import read_wav_info
 from records.names import content_disposition, sanitize_filename
 from records.spool import Spool, UploadStopped
@@ -183,3 +185,53 @@ def test_ffmpeg_exit_is_awaited_without_pidfd_too(tmp_path, monkeypatch):
     spool = spool_of(tmp_path / "upload.wav", silent_wav(1.0))
     convert_wav_to_mp3(settings, spool, tmp_path / "out.mp3", read_wav_info(spool.path))
     assert (tmp_path / "out.mp3").stat().st_size > 0
+
+
+def test_a_conversion_fed_a_trickle_gives_way_too(tmp_path):
+    settings = Mp3Settings(find_ffmpeg(None), "192k", timeout=60)
+    wav = silent_wav(30.0)
+    spool = spool_of(tmp_path / "upload.wav", wav[:100_000], complete=False)
+    stop = threading.Event()
+
+    def trickle() -> None:  # 2 KiB every 20 ms: never a silent 0.1 s, but far slower than ffmpeg
+        offset = 100_000
+        while not stop.is_set() and offset < len(wav):
+            spool.write(memoryview(wav[offset : offset + 2048]))
+            offset += 2048
+            time.sleep(0.02)
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(trickle)
+        try:
+            with pytest.raises(GaveWay):
+                convert_wav_to_mp3(
+                    settings, spool, tmp_path / "out.mp3", read_wav_info(spool.path), lambda: True
+                )
+        finally:
+            stop.set()
+    assert not settings.running._running
+
+
+def test_the_pool_makes_way_once_per_queued_job_and_always_when_closing():
+    pool = ConversionPool(workers=1, queue=2)
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return release.wait(30)
+
+    running = pool.submit(hold)
+    assert started.wait(30)
+    assert not pool.should_give_way()  # nothing queued
+    queued = pool.submit(lambda: True)
+    assert pool.should_give_way()
+    assert not pool.should_give_way()  # one waiting conversion made way for it already
+    assert pool.cancel(queued) and pool.cancel(queued)  # twice: it leaves the queue once
+    assert not pool.has_idle_thread()
+    release.set()
+    running.result(timeout=30)
+    assert pool.has_idle_thread()
+    pool.shutdown()
+    assert pool.should_give_way()
+    with pytest.raises(ConversionInterrupted):
+        pool.submit(lambda: True).result(timeout=30)

@@ -374,15 +374,13 @@ def ffmpeg_running(app) -> bool:
 
 @pytest.mark.gen_test(timeout=120)
 @pytest.mark.settings(convert_workers=1, convert_queue=0)
-async def test_a_client_that_leaves_during_conversion_keeps_its_slot_until_ffmpeg_ends(
-    base_url, db, user, app, settings
-):
+async def test_a_client_that_leaves_during_conversion_stops_it(base_url, db, user, app, settings, caplog):
     form = upload_form({"id": user[0], "token": user[1]}, silent_wav(480.0, 44100, 2))
     _, client = await send_partial(port_of(base_url), upload_head(form), form[0])
     await poll(lambda: ffmpeg_running(app))
-    client.close()  # the client gives up while ffmpeg is still at work
-    assert_problem(await upload(base_url, user[0], user[1], make_wav(0.2)), 503)
-    await poll(lambda: app.settings["conversions"].reserved == 0, deadline=60)
+    client.close()  # the client gives up while ffmpeg is at work: nobody will get the link
+    await poll(lambda: app.settings["conversions"].reserved == 0 and not ffmpeg_running(app))
+    assert "POST /records 503" in caplog.text  # stopped, not converted to the end and thrown away
     assert record_count(db) == 0
     assert media_files(settings) == []
 
@@ -488,18 +486,33 @@ async def test_a_conversion_waiting_for_a_slow_upload_gives_way(
 
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.settings(convert_workers=1, convert_queue=1)
-async def test_a_queued_conversion_of_a_failed_upload_is_dropped_at_once(base_url, db, user, app, settings):
+async def test_a_queued_conversion_whose_client_leaves_is_dropped(base_url, db, user, app, settings):
     long = asyncio.ensure_future(upload(base_url, user[0], user[1], silent_wav(480.0, 44100, 2)))
     try:
         await poll(lambda: ffmpeg_running(app))
-        body, content_type = upload_form({"id": user[0], "token": user[1]}, make_wav(0.5))
-        # The form breaks after its file (no closing boundary): its queued conversion never runs.
-        broken = body.removesuffix(b"--\r\n")
-        reply = await call(base_url, "POST", "/records", raw=broken, headers={"Content-Type": content_type})
-        assert_problem(reply, 400)
-        assert ffmpeg_running(app)  # answered while the long conversion still holds the only thread
-        assert not app.settings["conversions"].others_waiting()
+        # Every thread is busy: this upload is read whole, then queued; its client leaves meanwhile.
+        form = upload_form({"id": user[0], "token": user[1]}, make_wav(0.5))
+        _, client = await send_partial(port_of(base_url), upload_head(form), form[0])
+        await poll(lambda: app.settings["conversions"].reserved == 2)
+        client.close()
+        await poll(lambda: app.settings["conversions"].reserved == 1)
+        assert ffmpeg_running(app)  # dropped from the queue while the long conversion still runs
     finally:
         assert (await long).status == 201
     assert record_count(db) == 1
     assert len(media_files(settings)) == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(convert_workers=1, convert_queue=1)
+async def test_a_broken_upload_arriving_while_threads_are_busy_is_refused_at_once(base_url, db, user, app):
+    long = asyncio.ensure_future(upload(base_url, user[0], user[1], silent_wav(480.0, 44100, 2)))
+    try:
+        await poll(lambda: ffmpeg_running(app))
+        body, content_type = upload_form({"id": user[0], "token": user[1]}, make_wav(0.5))
+        broken = body.removesuffix(b"--\r\n")  # no closing boundary
+        reply = await call(base_url, "POST", "/records", raw=broken, headers={"Content-Type": content_type})
+        assert_problem(reply, 400)
+        assert ffmpeg_running(app)  # answered without waiting for the only thread
+    finally:
+        assert (await long).status == 201
