@@ -42,6 +42,7 @@ UPSTREAM_MAX_CLIENTS = 100
 # enough that an ask rarely waits for a free call, few enough that the upstream sees large calls.
 UPSTREAM_CALLS_IN_FLIGHT = 8
 LISTEN_BACKLOG = 1024
+CUT_OFF_SECONDS = 5
 IO_THREADS = 4
 BODY_CHUNK_BYTES = 1024 * 1024
 USER_BATCH_ITEMS = 256
@@ -141,6 +142,9 @@ async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
     if not await app.settings["in_flight"].drained(settings.shutdown_grace_seconds):
         log.warning("grace period over with %d requests in flight", app.settings["in_flight"].count)
     await server.close_all_connections()
+    # Requests just cut off end at once (an upload's conversion is stopped with its connection):
+    # let them, so that none is cancelled mid-way when the loop closes.
+    await app.settings["in_flight"].drained(CUT_OFF_SECONDS)
     close_app(app)
     log.info("stopped")
 

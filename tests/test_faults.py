@@ -224,3 +224,32 @@ async def test_sigterm_lets_uploads_and_quiz_requests_finish(db, upload_env, sta
     temps, stored = media_state(media)
     assert temps == [] and len(stored) == 1
     assert sql(db, "SELECT count(*) FROM records") == [(1,)]
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_sigterm_past_the_grace_period_cuts_uploads_off_cleanly(db, upload_env, tmp_path):
+    media, env = upload_env
+    env = {**env, "SHUTDOWN_GRACE_SECONDS": "0.3", "CONVERT_QUEUE": "4"}
+    server, user = await server_with_user(env, tmp_path)
+    release = asyncio.Event()
+    form = upload_form(user, make_wav(2.0))
+    converting = asyncio.ensure_future(
+        post_form(server.base_url, upload_form(user, silent_wav(480.0, 44100, 2)))
+    )
+    await poll(lambda: [p for p in server_children(server.process.pid) if "ffmpeg" in p.name()], deadline=60)
+    cut_off = [
+        converting,
+        asyncio.ensure_future(post_form(server.base_url, upload_form(user, make_wav(1.0)))),  # queued
+        asyncio.ensure_future(
+            post_streaming(f"{server.base_url}/records", form[1], half_then(form[0], release))
+        ),
+    ]
+    await poll(lambda: len(media_state(media)[0]) >= 4)  # three uploads in, one MP3 being made
+    server.process.send_signal(signal.SIGTERM)
+    await poll(lambda: server.process.poll() is not None, deadline=60)
+    release.set()
+    await asyncio.gather(*cut_off, return_exceptions=True)
+    assert server.process.returncode == 0
+    assert " 500 " not in server.log and "Traceback" not in server.log
+    assert media_state(media) == ([], [])
+    assert sql(db, "SELECT count(*) FROM records") == [(0,)]
