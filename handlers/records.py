@@ -208,10 +208,13 @@ class RecordUploadHandler(BaseHandler):
         return self.config.public_url or f"{self.request.protocol}://{self.request.host}"
 
     def on_connection_close(self) -> None:
-        """The client went away: stop its conversion at once (nobody will get the link)."""
+        """The client went away: stop its conversion at once (nobody will get the link). While the
+        file still arrives, that waits for the write under way: `release` does it then."""
         conversion = getattr(self, "_conversion", None)
         if conversion is not None and not conversion.done() and not self._claimed:
-            self._stop_conversion()
+            assert self._form is not None
+            if self._form.spool.ended:
+                self._stop_conversion()
         super().on_connection_close()
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:

@@ -15,9 +15,10 @@ class UploadStopped(Exception):
 
 class Spool:
     """The upload's file part on disk. The upload writes it (`open`, `write`, then `complete`, or
-    `abandon` at any time, from any thread) while a reader on another thread follows it with
-    `wait_for`, which blocks until more bytes are in the file and raises UploadStopped once it is
-    abandoned, so a conversion can run while the upload is still arriving."""
+    `abandon` at any time; an abandon from another thread waits for a write under way) while a
+    reader on another thread follows it with `wait_for`, which blocks until more bytes are in the
+    file and raises UploadStopped once it is abandoned, so a conversion can run while the upload is
+    still arriving."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -31,6 +32,11 @@ class Spool:
     def started(self) -> bool:
         """Whether the file part has begun."""
         return self._descriptor is not None or self._complete
+
+    @property
+    def ended(self) -> bool:
+        """Whether the file part has ended (nothing more will be written)."""
+        return self._complete
 
     def open(self) -> None:
         """Create the file: the file part begins."""
