@@ -159,10 +159,10 @@ class RecordUploadHandler(BaseHandler):
         """The user id and token of the upload; 422 when one is missing or malformed."""
         user_id = parse_user_id(form.fields.get("user"))
         header = BEARER.match(self.request.headers.get("Authorization", ""))
-        token = header.group(1) if header else form.fields.get("token", "").strip()
+        token = header.group(1) if header else form.fields.get("token")
         if not token:
             raise invalid("token", "is required (a form field, or Authorization: Bearer)")
-        return user_id, token
+        return user_id, token.strip()  # a blank token is sent, and is wrong (403)
 
     async def _authenticate_and_convert(
         self, user_id: int, token: str, spool: Spool

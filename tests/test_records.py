@@ -212,6 +212,7 @@ async def test_form_errors(base_url, db, user, settings):
         (await upload(base_url, 987654, token, wav), 404, None),
         (await upload(base_url, user_id, "00000000-0000-4000-8000-000000000000", wav), 403, None),
         (await upload(base_url, user_id, "not-a-token", wav), 403, None),
+        (await upload(base_url, user_id, "\x0c ", wav), 403, None),
     ]
     for reply, status, field in cases:
         problem = assert_problem(reply, status)
