@@ -45,7 +45,8 @@ class ConversionPool:
             return self.converting + self._queued < self._workers
 
     def submit(self, work: Callable[[], R]) -> Future[R]:
-        """Queue blocking conversion work for the pool's threads (failed at once when shutting down)."""
+        """Queue blocking conversion work for the pool's threads (failed at once when shutting down).
+        Cancelling the returned job takes it out of the queue if it has not started."""
         job: Future[R] = Future()
         with self._lock:
             if self._closing:
@@ -55,11 +56,6 @@ class ConversionPool:
             job = self._executor.submit(self._start, work)
         job.add_done_callback(self._forget_if_cancelled)
         return job
-
-    @staticmethod
-    def cancel(job: Future[R]) -> bool:
-        """Take work out of the queue; False when it has started already."""
-        return job.cancel()
 
     def should_give_way(self) -> bool:
         """Whether a conversion waiting for its upload should give its thread to queued work: true

@@ -121,7 +121,7 @@ class RecordUploadHandler(BaseHandler):
     def _stop_conversion(self) -> None:
         """Take the conversion out of the queue, or abandon its input so that its ffmpeg is killed."""
         assert self._job is not None and self._form is not None
-        if not self.conversions.cancel(self._job):
+        if not self._job.cancel():
             self._form.spool.abandon()
 
     async def _store_upload(self) -> None:

@@ -55,15 +55,15 @@ class Spool:
 
     def complete(self) -> None:
         """The file part ended: readers get its last bytes, then the end."""
-        self._close()
         with self._changed:
+            self._close()
             self._complete = True
             self._changed.notify_all()
 
     def abandon(self) -> None:
         """The upload stopped, or its result is no longer wanted: readers raise UploadStopped."""
-        self._close()
         with self._changed:
+            self._close()
             self._abandoned = True
             self._changed.notify_all()
 
@@ -78,8 +78,7 @@ class Spool:
                 raise UploadStopped("the upload stopped before its file was complete")
             return FileProgress(self._written, self._complete)
 
-    def _close(self) -> None:
-        with self._changed:  # complete and abandon may come from different threads
-            if self._descriptor is not None:
-                os.close(self._descriptor)
-                self._descriptor = None
+    def _close(self) -> None:  # under the lock: complete and abandon may come from different threads
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None

@@ -226,7 +226,7 @@ def test_the_pool_makes_way_once_per_queued_job_and_always_when_closing():
     queued = pool.submit(lambda: True)
     assert pool.should_give_way()
     assert not pool.should_give_way()  # one waiting conversion made way for it already
-    assert pool.cancel(queued) and pool.cancel(queued)  # twice: it leaves the queue once
+    assert queued.cancel() and queued.cancel()  # twice: it leaves the queue once
     assert not pool.has_idle_thread()
     release.set()
     running.result(timeout=30)
