@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from bench.client import Connection
 from bench.processes import HOST, die_with_parent
+from converters.pool import schedule_as_batch_work
 
 MP3_BITRATE = "192k"
 FFMPEG_TIMEOUT_SECONDS = 600
@@ -29,13 +30,16 @@ def make_wav(ffmpeg: str, seconds: float, path: Path) -> Path:
     return path
 
 
-async def raw_convert(ffmpeg: str, source: Path, target: Path) -> float:
-    """`ffmpeg -i in.wav -codec:a libmp3lame -b:a 192k out.mp3`; returns its wall time in seconds."""
+async def raw_convert(ffmpeg: str, source: Path, target: Path, as_batch_work: bool = False) -> float:
+    """`ffmpeg -i in.wav -codec:a libmp3lame -b:a 192k out.mp3`; returns its wall time in seconds.
+    `as_batch_work`: scheduled as the service schedules its ffmpeg (SCHED_BATCH)."""
     command = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source)]
     command += ["-codec:a", "libmp3lame", "-b:a", MP3_BITRATE, str(target)]
     start = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
-        *command, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+        *command,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent_as_batch if as_batch_work else die_with_parent,
     )
     try:
         code = await asyncio.wait_for(process.wait(), FFMPEG_TIMEOUT_SECONDS)
@@ -46,6 +50,11 @@ async def raw_convert(ffmpeg: str, source: Path, target: Path) -> float:
     if code != 0:
         raise RuntimeError(f"ffmpeg exited with {code} converting {source}")
     return time.perf_counter() - start
+
+
+def _die_with_parent_as_batch() -> None:
+    die_with_parent()
+    schedule_as_batch_work()
 
 
 @dataclass(frozen=True)

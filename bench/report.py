@@ -114,6 +114,8 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("service_cpu_s", "service CPU (server + its ffmpeg), s"),
         ("raw_cpu_s", "raw ffmpeg CPU, s"),
         ("cpu_ratio", "RATIO service / raw (CPU)"),
+        ("raw_batch_s", "raw ffmpeg as batch work (chrt -b), s"),
+        ("batch_ratio", "ratio throughput service/raw batch work"),
     ],
     "memory": [
         ("idle_rss_mb", "idle RSS, MB"),

@@ -235,3 +235,17 @@ def test_the_pool_makes_way_once_per_queued_job_and_always_when_closing():
     assert pool.should_give_way()
     with pytest.raises(ConversionInterrupted):
         pool.submit(lambda: True).result(timeout=30)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+def test_conversions_and_the_ffmpeg_they_start_run_as_batch_work():
+    pool = ConversionPool(workers=1, queue=0)
+    policy = [sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"]
+    try:
+        own, child = pool.submit(
+            lambda: (os.sched_getscheduler(0), int(subprocess.run(policy, capture_output=True).stdout))
+        ).result(timeout=30)
+    finally:
+        pool.shutdown()
+    assert own == child == os.SCHED_BATCH
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's threads stay normal tasks
