@@ -1,7 +1,8 @@
-"""WAV to MP3 with ffmpeg: the WAV file spliced into ffmpeg's stdin as it grows (while the upload
-may still be arriving), the MP3 written to a file; nothing is held in memory, and a stuck ffmpeg is
-killed. Linux only: splice(2), pidfd_open(2). The pipe keeps its default 64 KiB, which measured
-faster than 1 MiB (the bytes stay in the CPU caches between the two processes)."""
+"""WAV to MP3 with ffmpeg: a complete WAV file is ffmpeg's to read, one still growing (an upload
+still arriving) is spliced into ffmpeg's stdin as it grows; the MP3 is written to a file, nothing is
+held in memory, and a stuck ffmpeg is killed. Linux only: splice(2), pidfd_open(2). The pipe keeps
+its default 64 KiB, which measured faster than 1 MiB (the bytes stay in the CPU caches between the
+two processes)."""
 
 from __future__ import annotations
 
@@ -72,14 +73,17 @@ class RunningConversions:
         self._stopped: set[subprocess.Popen[bytes]] = set()
         self._closing = False
 
-    def start(self, command: list[str], errors: IO[bytes]) -> subprocess.Popen[bytes]:
-        """Start ffmpeg with a pipe to its stdin and its stderr into `errors`, unless the service
-        is shutting down."""
+    def start(self, command: list[str], errors: IO[bytes], feed: bool) -> subprocess.Popen[bytes]:
+        """Start ffmpeg with its stderr into `errors` and, to `feed` it, a pipe to its stdin,
+        unless the service is shutting down."""
         with self._lock:
             if self._closing:
                 raise ConversionInterrupted("the service is shutting down")
             process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors
+                command,
+                stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
             )
             self._running.add(process)
             return process
@@ -116,9 +120,11 @@ def mp3_sample_rate(rate: int) -> int:
     return min(MP3_RATES, key=lambda candidate: (abs(candidate - rate), candidate))
 
 
-def ffmpeg_command(settings: Mp3Settings, target: Path, wav: WavInfo) -> list[str]:
-    """The ffmpeg command line: WAV forced on stdin, only the pipe and file protocols, no metadata
-    copied."""
+def ffmpeg_command(
+    settings: Mp3Settings, target: Path, wav: WavInfo, source: Path | None = None
+) -> list[str]:
+    """The ffmpeg command line: the WAV read from `source`, else from stdin, as WAV whatever it is
+    named; only the pipe and file protocols, no metadata copied."""
     return [
         settings.ffmpeg,
         "-nostdin",  # no keyboard interaction; the data still comes in on pipe:0
@@ -130,7 +136,7 @@ def ffmpeg_command(settings: Mp3Settings, target: Path, wav: WavInfo) -> list[st
         "-f",
         "wav",
         "-i",
-        "pipe:0",
+        "pipe:0" if source is None else f"file:{source}",
         "-map",
         "0:a:0",
         "-map_metadata",
@@ -165,10 +171,15 @@ def convert_wav_to_mp3(
     ConversionInterrupted when the service stopped it, GaveWay when it had to wait for the file
     while `give_way()` said others need the thread, or what `source` raises (ffmpeg is killed)."""
     with tempfile.TemporaryFile(dir=target.parent) as errors:
-        process = settings.running.start(ffmpeg_command(settings, target, wav), errors)
+        # A complete file is read by ffmpeg itself, as a raw ffmpeg run reads it: no pump, no pipe.
+        complete = source.wait_for(0).complete
+        command = ffmpeg_command(settings, target, wav, source.path if complete else None)
+        process = settings.running.start(command, errors, feed=not complete)
         failure: BaseException | None = None
         try:
-            deadline = _pump(source, process, time.monotonic() + settings.timeout, give_way)
+            deadline = time.monotonic() + settings.timeout
+            if not complete:
+                deadline = _pump(source, process, deadline, give_way)
             _wait_for_exit(process, deadline, source)
         except BaseException as error:
             process.kill()

@@ -85,15 +85,20 @@ def spool_of(path: Path, data: bytes, complete: bool = True) -> Spool:
     return spool
 
 
+def wait_until_ffmpeg_runs(settings: Mp3Settings) -> None:
+    """Poll until a conversion with these settings has started its ffmpeg."""
+    deadline = time.monotonic() + 30
+    while not settings.running._running and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_a_shutdown_stops_running_conversions_and_refuses_new_ones(tmp_path):
     source = spool_of(tmp_path / "long.wav", silent_wav(900.0))
     settings = Mp3Settings(find_ffmpeg(None), "192k", timeout=120)
     wav = read_wav_info(source.path)
     with ThreadPoolExecutor(1) as pool:
         conversion = pool.submit(convert_wav_to_mp3, settings, source, tmp_path / "out.mp3", wav)
-        deadline = time.monotonic() + 30
-        while not settings.running._running and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until_ffmpeg_runs(settings)
         assert settings.running.stop_all() == 1
         with pytest.raises(ConversionInterrupted):
             conversion.result(timeout=30)
@@ -135,21 +140,44 @@ def test_an_abandoned_spool_stops_its_reader(tmp_path):
             waiting.result(timeout=30)
 
 
-def test_an_upload_that_stops_kills_its_ffmpeg(tmp_path):
+@pytest.mark.parametrize("complete", [False, True], ids=["arriving", "complete"])
+def test_an_upload_that_stops_kills_its_ffmpeg(tmp_path, complete):
     settings = Mp3Settings(find_ffmpeg(None), "192k", timeout=60)
-    wav = silent_wav(10.0)
-    spool = spool_of(tmp_path / "upload.wav", wav[: len(wav) // 2], complete=False)
+    wav = silent_wav(120.0)
+    spool = spool_of(tmp_path / "upload.wav", wav if complete else wav[: len(wav) // 2], complete)
     with ThreadPoolExecutor(1) as pool:
         conversion = pool.submit(
             convert_wav_to_mp3, settings, spool, tmp_path / "out.mp3", read_wav_info(spool.path)
         )
-        deadline = time.monotonic() + 30
-        while not settings.running._running and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until_ffmpeg_runs(settings)
         spool.abandon()
         with pytest.raises(UploadStopped):
             conversion.result(timeout=30)
     assert not settings.running._running
+
+
+def test_a_complete_upload_is_read_by_ffmpeg_itself_and_a_growing_one_through_its_stdin(tmp_path):
+    calls = tmp_path / "calls"
+    recording = tmp_path / "ffmpeg"
+    recording.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {find_ffmpeg(None)} "$@"\n')
+    recording.chmod(0o755)
+    settings = Mp3Settings(str(recording), "192k", timeout=60)
+    wav = silent_wav(1.0)
+    complete = spool_of(tmp_path / "complete.wav", wav)
+    convert_wav_to_mp3(settings, complete, tmp_path / "a.mp3", read_wav_info(complete.path))
+    growing = spool_of(tmp_path / "growing.wav", wav[:1000], complete=False)
+    with ThreadPoolExecutor(1) as pool:
+        conversion = pool.submit(
+            convert_wav_to_mp3, settings, growing, tmp_path / "b.mp3", read_wav_info(growing.path)
+        )
+        wait_until_ffmpeg_runs(settings)
+        growing.write(memoryview(wav[1000:]))
+        growing.complete()
+        conversion.result(timeout=30)
+    first, second = calls.read_text().splitlines()
+    assert f"-i file:{complete.path} " in first
+    assert "-i pipe:0 " in second
+    assert (tmp_path / "a.mp3").read_bytes() == (tmp_path / "b.mp3").read_bytes()
 
 
 def test_time_spent_waiting_for_the_upload_does_not_count_against_the_limit(tmp_path):
