@@ -127,7 +127,7 @@ def ffmpeg_command(
     named; only the pipe and file protocols, no metadata copied."""
     return [
         settings.ffmpeg,
-        "-nostdin",  # no keyboard interaction; the data still comes in on pipe:0
+        "-nostdin",  # no keyboard interaction; the data may still come in on pipe:0
         "-hide_banner",
         "-loglevel",
         "error",
