@@ -114,8 +114,9 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("service_cpu_s", "service CPU (server + its ffmpeg), s"),
         ("raw_cpu_s", "raw ffmpeg CPU, s"),
         ("cpu_ratio", "RATIO service / raw (CPU)"),
-        ("raw_batch_s", "raw ffmpeg as batch work (chrt -b), s"),
+        ("raw_batch_s", "raw ffmpeg as batch work (SCHED_BATCH), s"),
         ("batch_ratio", "ratio throughput service/raw batch work"),
+        ("health_max_ms", "longest GET /health meanwhile, ms"),
     ],
     "memory": [
         ("idle_rss_mb", "idle RSS, MB"),

@@ -174,11 +174,10 @@ async def convert_parallel(bench: Bench) -> Metrics:
     """4 concurrent uploads against the same 4 conversions by raw ffmpeg, 2 at a time: as a user
     runs it, and scheduled as the service runs its own (SCHED_BATCH), to show what that is worth."""
     wav = bench.wavs[bench.profile.parallel_seconds]
+    probe = HealthProbe(HOST, bench.server_port)
     cpu_before = tree_cpu_seconds(bench.server_pid)
-    start = time.perf_counter()
-    uploads = [upload(bench.server_port, bench.user, wav, TRANSFER_TIMEOUT) for _ in range(PARALLEL_UPLOADS)]
-    await asyncio.gather(*uploads)
-    service = time.perf_counter() - start
+    async with probe.running():
+        service = await _concurrent_uploads(bench, wav, PARALLEL_UPLOADS)
     service_cpu = tree_cpu_seconds(bench.server_pid) - cpu_before
     raw, raw_cpu = await _raw_parallel(bench, wav, as_batch_work=False)
     raw_batch, _ = await _raw_parallel(bench, wav, as_batch_work=True)
@@ -191,7 +190,17 @@ async def convert_parallel(bench: Bench) -> Metrics:
         "cpu_ratio": service_cpu / raw_cpu if raw_cpu else None,
         "raw_batch_s": raw_batch,
         "batch_ratio": raw_batch / service,
+        "health_max_ms": probe.longest * 1000,
     }
+
+
+async def _concurrent_uploads(bench: Bench, wav: Path, count: int) -> float:
+    """Upload `wav` `count` times at once; seconds until every upload is answered."""
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(upload(bench.server_port, bench.user, wav, TRANSFER_TIMEOUT) for _ in range(count))
+    )
+    return time.perf_counter() - start
 
 
 async def _raw_parallel(bench: Bench, wav: Path, as_batch_work: bool) -> tuple[float, float]:
@@ -215,12 +224,7 @@ async def memory(bench: Bench) -> Metrics:
     idle = tree_memory(bench.server_pid)
     sampler = PeakSampler(bench.server_pid, interval=0.05)
     async with sampler.running():
-        start = time.perf_counter()
-        uploads = [
-            upload(bench.server_port, bench.user, wav, TRANSFER_TIMEOUT) for _ in range(MEMORY_UPLOADS)
-        ]
-        await asyncio.gather(*uploads)
-        wall = time.perf_counter() - start
+        wall = await _concurrent_uploads(bench, wav, MEMORY_UPLOADS)
     peak = sampler.peak
     return {
         "idle_rss_mb": idle.rss / MB,

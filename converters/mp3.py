@@ -171,7 +171,8 @@ def convert_wav_to_mp3(
     ConversionInterrupted when the service stopped it, GaveWay when it had to wait for the file
     while `give_way()` said others need the thread, or what `source` raises (ffmpeg is killed)."""
     with tempfile.TemporaryFile(dir=target.parent) as errors:
-        # A complete file is read by ffmpeg itself, as a raw ffmpeg run reads it: no pump, no pipe.
+        # A complete file is read by ffmpeg itself, as a raw ffmpeg run reads it: the pump and the
+        # pipe would cost about 3 ms of the server's CPU and 2-3 ms of ffmpeg's per 30 s of audio.
         complete = source.wait_for(0).complete
         command = ffmpeg_command(settings, target, wav, source.path if complete else None)
         process = settings.running.start(command, errors, feed=not complete)

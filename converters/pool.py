@@ -20,8 +20,8 @@ def schedule_as_batch_work() -> None:
     work for Linux's scheduler (SCHED_BATCH; a no-op where that is missing or refused)."""
     # ffmpeg hands each frame between its own threads (demuxer, decoder, filter, encoder, muxer);
     # as normal tasks every hand-off preempts whatever runs, and with two encoders on two cores
-    # that costs 6-8% of the conversions' CPU. Batch tasks do not preempt on wake-up, while the
-    # event loop and the request threads, still normal tasks, preempt them at once.
+    # that costs 6-8% of the conversions' CPU. A batch task that wakes does not preempt the task
+    # running on its core; the event loop and the request threads, still normal tasks, do.
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 

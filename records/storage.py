@@ -114,7 +114,7 @@ class MediaStore:
 def stop_processes_using(directory: Path) -> None:
     """SIGKILL processes with an argument `file:<directory>/...`: the ffmpeg children of a SIGKILLed
     server, which would go on writing there (Linux /proc; elsewhere a no-op)."""
-    marker = f"file:{directory}/".encode()  # how ffmpeg_command names its output
+    marker = f"file:{directory}/".encode()  # how ffmpeg_command names its output (and a spooled input)
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             if any(argument.startswith(marker) for argument in cmdline.read_bytes().split(b"\0")):
