@@ -62,7 +62,7 @@ def titles(profile: Profile) -> dict[str, str]:
         "convert-one": f"one {profile.one_seconds:g} s stereo WAV: upload until the MP3 is downloaded,"
         " vs raw ffmpeg run before and after it",
         "convert-parallel": f"{PARALLEL_UPLOADS} concurrent {profile.parallel_seconds:g} s uploads"
-        f" vs raw ffmpeg {RAW_PARALLEL} at a time",
+        f" vs raw ffmpeg {RAW_PARALLEL} at a time, before and after them",
         "memory": f"{MEMORY_UPLOADS} concurrent {profile.memory_seconds:g} s uploads, server tree sampled"
         " every 50 ms",
         "download": f"GET the {profile.one_seconds:g} s MP3, {DOWNLOAD_CONNECTIONS} connections, {load};"
@@ -111,10 +111,12 @@ ROWS: dict[str, list[tuple[str, str]]] = {
     ],
     "convert-parallel": [
         ("service_s", "service: all 4 answered, s"),
-        ("raw_s", "raw ffmpeg, s"),
+        ("raw_before_s", "raw ffmpeg before it, s"),
+        ("raw_after_s", "raw ffmpeg after it, s"),
+        ("raw_s", "raw ffmpeg, mean of the two, s"),
         ("throughput_ratio", "RATIO throughput service/raw (>=0.95)"),
         ("service_cpu_s", "service CPU (server + its ffmpeg), s"),
-        ("raw_cpu_s", "raw ffmpeg CPU, s"),
+        ("raw_cpu_s", "raw ffmpeg CPU, mean, s"),
         ("cpu_ratio", "RATIO service / raw (CPU)"),
         ("raw_batch_s", "raw ffmpeg as batch work (SCHED_BATCH), s"),
         ("batch_ratio", "ratio throughput service/raw batch work"),

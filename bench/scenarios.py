@@ -180,18 +180,24 @@ async def convert_one(bench: Bench) -> Metrics:
 
 
 async def convert_parallel(bench: Bench) -> Metrics:
-    """4 concurrent uploads against the same 4 conversions by raw ffmpeg, 2 at a time: as a user
-    runs it, and scheduled as the service runs its own (SCHED_BATCH), to show what that is worth."""
+    """4 concurrent uploads against the same 4 conversions by raw ffmpeg, 2 at a time, run before and
+    after them as a user runs it (the ratio is to their mean, as in convert-one), then scheduled as
+    the service runs its own (SCHED_BATCH), to show what that is worth."""
     wav = bench.wavs[bench.profile.parallel_seconds]
+    raw_before, raw_cpu_before = await _raw_parallel(bench, wav, as_batch_work=False)
     probe = HealthProbe(HOST, bench.server_port)
     cpu_before = tree_cpu_seconds(bench.server_pid)
     async with probe.running():
         service = await _concurrent_uploads(bench, wav, PARALLEL_UPLOADS)
     service_cpu = tree_cpu_seconds(bench.server_pid) - cpu_before
-    raw, raw_cpu = await _raw_parallel(bench, wav, as_batch_work=False)
+    raw_after, raw_cpu_after = await _raw_parallel(bench, wav, as_batch_work=False)
     raw_batch, _ = await _raw_parallel(bench, wav, as_batch_work=True)
+    raw = (raw_before + raw_after) / 2
+    raw_cpu = (raw_cpu_before + raw_cpu_after) / 2
     return {
         "service_s": service,
+        "raw_before_s": raw_before,
+        "raw_after_s": raw_after,
         "raw_s": raw,
         "throughput_ratio": raw / service,
         "service_cpu_s": service_cpu,
