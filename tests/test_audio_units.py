@@ -1,7 +1,8 @@
-"""The pieces of the audio path that need no server: names, headers, ffmpeg discovery."""
+"""The pieces of the audio path that need no server: names, headers, download pieces, ffmpeg discovery."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from converters.ffmpeg import FfmpegMissing, find_ffmpeg
 from converters.mp3 import ConversionInterrupted, GaveWay, Mp3Settings, convert_wav_to_mp3, mp3_sample_rate
 from converters.pool import ConversionPool, schedule_as_batch_work
 from converters.wav import read_wav_info
+from handlers.static import READ_CHUNK_BYTES, StaticBaseHandler
 from records.names import content_disposition, sanitize_filename
 from records.spool import Spool, UploadStopped
 from records.storage import stop_processes_using
@@ -57,6 +59,25 @@ def test_very_long_names_are_cut():
 )
 def test_content_disposition_follows_rfc_6266(original, header):
     assert content_disposition(original) == header
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (None, None),
+        (0, 1),
+        (10, READ_CHUNK_BYTES + 11),
+        (READ_CHUNK_BYTES, None),
+        (2 * READ_CHUNK_BYTES + 5, 2 * READ_CHUNK_BYTES + 6),
+    ],
+)
+def test_downloads_are_read_in_large_pieces_from_start_to_end(tmp_path, start, end):
+    data = os.urandom(2 * READ_CHUNK_BYTES + 100)
+    path = tmp_path / "record.mp3"
+    path.write_bytes(data)
+    pieces = list(StaticBaseHandler.get_content(str(path), start, end))
+    assert b"".join(pieces) == data[start:end]
+    assert len(pieces) == math.ceil(len(data[start:end]) / READ_CHUNK_BYTES)
 
 
 def test_ffmpeg_is_found_without_configuration():
