@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from bench.client import Connection
 from bench.processes import HOST, die_with_parent
-from converters.pool import schedule_as_batch_work
+from converters.scheduling import schedule_as_batch_work
 
 MP3_BITRATE = "192k"
 FFMPEG_TIMEOUT_SECONDS = 600

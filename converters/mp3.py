@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, NamedTuple, Protocol
 
+from converters.scheduling import starting_batch_work
 from converters.wav import WavInfo
 
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -78,12 +79,13 @@ class RunningConversions:
         with self._lock:
             if self._closing:
                 raise ConversionInterrupted("the service is shutting down")
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=errors,
-            )
+            with starting_batch_work():
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=errors,
+                )
             self._running.add(process)
             return process
 

@@ -3,8 +3,6 @@ refused at once instead of queueing without end."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,17 +11,6 @@ from typing import TypeVar
 from converters.mp3 import ConversionInterrupted
 
 R = TypeVar("R")
-
-
-def schedule_as_batch_work() -> None:
-    """Mark the calling thread, and the ffmpeg processes it starts (they inherit it), as batch
-    work for Linux's scheduler (SCHED_BATCH; a no-op where that is missing or refused)."""
-    # ffmpeg hands each frame between its own threads (demuxer, decoder, filter, encoder, muxer);
-    # as normal tasks every hand-off preempts whatever runs, and with two encoders on two cores
-    # that costs 6-8% of the conversions' CPU. A batch task that wakes does not preempt the task
-    # running on its core; the event loop and the request threads, still normal tasks, do.
-    with contextlib.suppress(AttributeError, OSError):
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
 class ConversionPool:
@@ -35,9 +22,7 @@ class ConversionPool:
         self.reserved = 0
         self.converting = 0  # work that a thread has started and not finished
         self._workers = workers
-        self._executor = ThreadPoolExecutor(
-            workers, thread_name_prefix="convert", initializer=schedule_as_batch_work
-        )
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="convert")
         self._lock = threading.Lock()
         self._queued = 0
         self._made_way = 0  # queued work that a waiting conversion has already given its thread to

@@ -15,8 +15,16 @@ from pathlib import Path
 import pytest
 
 from converters.ffmpeg import FfmpegMissing, find_ffmpeg
-from converters.mp3 import ConversionInterrupted, GaveWay, Mp3Settings, convert_wav_to_mp3, mp3_sample_rate
-from converters.pool import ConversionPool, schedule_as_batch_work
+from converters.mp3 import (
+    ConversionInterrupted,
+    GaveWay,
+    Mp3Settings,
+    RunningConversions,
+    convert_wav_to_mp3,
+    mp3_sample_rate,
+)
+from converters.pool import ConversionPool
+from converters.scheduling import schedule_as_batch_work
 from converters.wav import read_wav_info
 from handlers.static import READ_CHUNK_BYTES, StaticBaseHandler
 from records.names import content_disposition, sanitize_filename
@@ -301,15 +309,22 @@ def batch_scheduling_refused() -> bool:
 
 
 @pytest.mark.skipif(batch_scheduling_refused(), reason="no SCHED_BATCH here")
-def test_conversions_and_the_ffmpeg_they_start_run_as_batch_work():
-    caller = os.sched_getscheduler(0)
+def test_ffmpeg_runs_as_batch_work_while_the_conversion_threads_stay_normal_tasks(tmp_path):
+    running = RunningConversions()
+    report = tmp_path / "policy"
+    script = "import os, sys; open(sys.argv[1], 'w').write(str(os.sched_getscheduler(0)))"
+
+    def start_a_child() -> int:
+        with (tmp_path / "errors").open("wb") as errors:
+            process = running.start([sys.executable, "-c", script, str(report)], errors, feed=False)
+        assert process.wait(timeout=30) == 0
+        running.finish(process)
+        return os.sched_getscheduler(0)
+
     pool = ConversionPool(workers=1, queue=0)
-    policy = [sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"]
     try:
-        own, child = pool.submit(
-            lambda: (os.sched_getscheduler(0), int(subprocess.run(policy, capture_output=True).stdout))
-        ).result(timeout=30)
+        thread_policy = pool.submit(start_a_child).result(timeout=30)
     finally:
         pool.shutdown()
-    assert own == child == os.SCHED_BATCH
-    assert os.sched_getscheduler(0) == caller  # only the pool's threads changed
+    assert int(report.read_text()) == os.SCHED_BATCH
+    assert thread_policy == os.sched_getscheduler(0) == os.SCHED_OTHER
