@@ -11,9 +11,11 @@ import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import Any
 
 from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
@@ -45,6 +47,7 @@ LISTEN_BACKLOG = 1024
 CUT_OFF_SECONDS = 5
 IO_THREADS = 4
 BODY_CHUNK_BYTES = 1024 * 1024
+SOCKET_READ_BYTES = 64 * 1024
 USER_BATCH_ITEMS = 256
 QUESTION_BATCH_ROWS = 1000
 
@@ -83,10 +86,23 @@ def make_app(settings: Settings) -> Application:
     )
 
 
+class ServiceHTTPServer(HTTPServer):
+    """Tornado's HTTP server reading sockets SOCKET_READ_BYTES at a time, except for uploads."""
+
+    def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
+        """Serve a new connection."""
+        # Tornado zero-fills a new buffer of this size for every read, requests being 200 bytes;
+        # at the body piece size (1 MiB) that memset was 8% of the CPU samples of POST /users, and
+        # 64 KiB reads cost 4% less CPU per request in interleaved runs. The upload handler reads
+        # its body in body-sized pieces (RecordUploadHandler.prepare).
+        stream.read_chunk_size = SOCKET_READ_BYTES
+        super().handle_stream(stream, address)
+
+
 def make_server(app: Application, settings: Settings) -> HTTPServer:
     """An HTTP server for `app` with the service's connection limits. Tornado uses the idle timeout
     for a request's headers too, so a client sending them a byte at a time is dropped after it."""
-    return HTTPServer(
+    return ServiceHTTPServer(
         app,
         # Above every handler's own cap, so handlers answer 413 themselves before Tornado cuts in.
         max_body_size=MAX_JSON_BYTES * 16,

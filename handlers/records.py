@@ -68,6 +68,9 @@ class RecordUploadHandler(BaseHandler):
         connection: Any = self.request.connection
         connection.set_max_body_size(self.max_body_bytes * TORNADO_CAP_FACTOR + 2**20)
         connection.set_body_timeout(self.config.upload_timeout)
+        # Whatever has arrived, up to a body piece at a time: the server reads other requests in
+        # small pieces (server.ServiceHTTPServer).
+        connection.stream.read_chunk_size = connection.params.chunk_size
         try:
             self._form = StreamingForm(
                 self.request.headers.get("Content-Type", ""),
