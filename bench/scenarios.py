@@ -145,8 +145,7 @@ async def convert_one(bench: Bench) -> Metrics:
     bench.www.mkdir(exist_ok=True)
     mp3 = bench.www / "record.mp3"
     raw_target = bench.workdir / "raw-one.mp3"
-    raw_cpu_before = children_cpu_seconds()
-    raw_before = await raw_convert(bench.ffmpeg, wav, raw_target)
+    raw_before, raw_cpu_before = await _timed_raw_convert(bench, wav, raw_target)
     probe = HealthProbe(HOST, bench.server_port)
     cpu_before = tree_cpu_seconds(bench.server_pid)
     async with probe.running():
@@ -158,9 +157,9 @@ async def convert_one(bench: Bench) -> Metrics:
         service = time.perf_counter() - start
     service_cpu = tree_cpu_seconds(bench.server_pid) - cpu_before
     bench.record_target = target
-    raw_after = await raw_convert(bench.ffmpeg, wav, raw_target)
+    raw_after, raw_cpu_after = await _timed_raw_convert(bench, wav, raw_target)
     raw = (raw_before + raw_after) / 2
-    raw_cpu = (children_cpu_seconds() - raw_cpu_before) / 2
+    raw_cpu = (raw_cpu_before + raw_cpu_after) / 2
     return {
         "service_s": service,
         "upload_convert_s": answered - start,
@@ -179,10 +178,17 @@ async def convert_one(bench: Bench) -> Metrics:
     }
 
 
+async def _timed_raw_convert(bench: Bench, wav: Path, target: Path) -> tuple[float, float]:
+    """One raw ffmpeg conversion: (seconds, CPU seconds)."""
+    cpu_before = children_cpu_seconds()
+    seconds = await raw_convert(bench.ffmpeg, wav, target)
+    return seconds, children_cpu_seconds() - cpu_before
+
+
 async def convert_parallel(bench: Bench) -> Metrics:
     """4 concurrent uploads against the same 4 conversions by raw ffmpeg, 2 at a time, run before and
     after them as a user runs it (the ratio is to their mean, as in convert-one), then scheduled as
-    the service runs its own (SCHED_BATCH), to show what that is worth."""
+    the service runs its own (SCHED_BATCH, after them only), to show what that is worth."""
     wav = bench.wavs[bench.profile.parallel_seconds]
     raw_before, raw_cpu_before = await _raw_parallel(bench, wav, as_batch_work=False)
     probe = HealthProbe(HOST, bench.server_port)

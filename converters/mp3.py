@@ -229,11 +229,10 @@ def _pump(
                 return deadline
 
 
-def _splice_until(
-    reader: int, pipe: int, offset: int, end: int, deadline: float, writable: select.poll
-) -> int:
+def _splice_until(file: int, pipe: int, offset: int, end: int, deadline: float, writable: select.poll) -> int:
     """Splice the file from `offset` towards `end` into the pipe as ffmpeg drains it, for at most
-    STARVED_CHECK_SECONDS (so that the caller keeps an eye on the upload); returns the offset reached."""
+    STARVED_CHECK_SECONDS (so that the caller keeps an eye on the upload) and not past `deadline`;
+    returns the offset reached."""
     # A turn per pipeful that ffmpeg drains (about 160 a minute of CD audio), each on a cold cache:
     # with a look at the upload in every turn, this thread took 120 of the server's 260 ms of CPU
     # per 5-minute upload; without, 80 of 200.
@@ -243,7 +242,7 @@ def _splice_until(
         if remaining <= 0 or not writable.poll(remaining * 1000):
             break
         try:
-            offset += os.splice(reader, pipe, end - offset, offset_src=offset, flags=SPLICE_FLAGS)
+            offset += os.splice(file, pipe, end - offset, offset_src=offset, flags=SPLICE_FLAGS)
         except BlockingIOError:
             continue
     return offset

@@ -26,8 +26,10 @@ def starting_batch_work() -> Iterator[None]:
     # two ffmpeg processes for a core keeps the event loop waiting too (GET /health took up to
     # 108 ms during four uploads on a slow machine).
     try:
-        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+        previous: tuple[int, os.sched_param] | None = (os.sched_getscheduler(0), os.sched_getparam(0))
     except (AttributeError, OSError):
+        previous = None
+    if previous is None:
         yield
         return
     schedule_as_batch_work()
@@ -35,4 +37,4 @@ def starting_batch_work() -> Iterator[None]:
         yield
     finally:
         with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, policy, param)
+            os.sched_setscheduler(0, *previous)

@@ -69,7 +69,8 @@ class RecordUploadHandler(BaseHandler):
         connection.set_max_body_size(self.max_body_bytes * TORNADO_CAP_FACTOR + 2**20)
         connection.set_body_timeout(self.config.upload_timeout)
         # Whatever has arrived, up to a body piece at a time: the server reads other requests in
-        # small pieces (server.ServiceHTTPServer).
+        # small pieces (server.ServiceHTTPServer), as this connection's next requests once answered.
+        self._small_reads = connection.stream.read_chunk_size
         connection.stream.read_chunk_size = connection.params.chunk_size
         try:
             self._form = StreamingForm(
@@ -224,6 +225,10 @@ class RecordUploadHandler(BaseHandler):
         """Free the slot and delete the uploaded WAV before any answer leaves, whatever happened,
         so a client that has its answer never sees the upload's leftovers."""
         self._free_upload()
+        small_reads: int | None = getattr(self, "_small_reads", None)  # None: refused before prepare
+        if small_reads is not None:
+            connection: Any = self.request.connection
+            connection.stream.read_chunk_size = small_reads
         return super().finish(chunk)
 
     def release(self) -> None:

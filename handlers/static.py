@@ -32,6 +32,7 @@ class StaticBaseHandler(BaseHandler, StaticFileHandler):
         cls, abspath: str, start: int | None = None, end: int | None = None
     ) -> Generator[bytes, None, None]:
         """The file's bytes from `start` to `end` in READ_CHUNK_BYTES pieces (StaticFileHandler's hook)."""
+        # Only ever called after validate_absolute_path, which refuses what is not a regular file.
         with open(abspath, "rb") as file:
             if start is not None:
                 file.seek(start)

@@ -17,6 +17,7 @@ import pytest
 from converters.ffmpeg import FfmpegMissing, find_ffmpeg
 from converters.mp3 import (
     ConversionInterrupted,
+    ConversionTimeout,
     GaveWay,
     Mp3Settings,
     RunningConversions,
@@ -186,6 +187,27 @@ def test_an_upload_that_stops_kills_its_ffmpeg(tmp_path, complete):
     assert not settings.running._running
 
 
+@pytest.mark.parametrize("stop", ["deadline", "abandoned while arriving", "abandoned once complete"])
+def test_an_ffmpeg_that_stops_reading_is_killed_at_its_deadline_or_when_its_upload_stops(tmp_path, stop):
+    stuck = tmp_path / "ffmpeg"
+    stuck.write_text("#!/bin/sh\nexec sleep 600\n")
+    stuck.chmod(0o755)
+    settings = Mp3Settings(str(stuck), "192k", timeout=0.5 if stop == "deadline" else 60)
+    spool = spool_of(tmp_path / "upload.wav", silent_wav(10.0), complete=False)  # 1.7 MB: pipes fill
+    with ThreadPoolExecutor(1) as pool:
+        conversion = pool.submit(
+            convert_wav_to_mp3, settings, spool, tmp_path / "out.mp3", read_wav_info(spool.path)
+        )
+        if stop != "deadline":
+            wait_until_ffmpeg_runs(settings)
+            if stop == "abandoned once complete":
+                spool.complete()
+            spool.abandon()
+        with pytest.raises(ConversionTimeout if stop == "deadline" else UploadStopped):
+            conversion.result(timeout=30)
+    assert not settings.running._running
+
+
 def test_a_complete_upload_is_read_by_ffmpeg_itself_and_a_growing_one_through_its_stdin(tmp_path):
     calls = tmp_path / "calls"
     recording = tmp_path / "ffmpeg"
@@ -310,6 +332,9 @@ def batch_scheduling_refused() -> bool:
 
 @pytest.mark.skipif(batch_scheduling_refused(), reason="no SCHED_BATCH here")
 def test_ffmpeg_runs_as_batch_work_while_the_conversion_threads_stay_normal_tasks(tmp_path):
+    caller = os.sched_getscheduler(0)
+    if caller == os.SCHED_BATCH:
+        pytest.skip("the tests run as batch work: a restored policy would look like a kept one")
     running = RunningConversions()
     report = tmp_path / "policy"
     script = "import os, sys; open(sys.argv[1], 'w').write(str(os.sched_getscheduler(0)))"
@@ -327,4 +352,4 @@ def test_ffmpeg_runs_as_batch_work_while_the_conversion_threads_stay_normal_task
     finally:
         pool.shutdown()
     assert int(report.read_text()) == os.SCHED_BATCH
-    assert thread_policy == os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert thread_policy == os.sched_getscheduler(0) == caller
