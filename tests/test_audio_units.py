@@ -30,7 +30,7 @@ from converters.wav import read_wav_info
 from handlers.static import READ_CHUNK_BYTES, StaticBaseHandler
 from records.names import content_disposition, sanitize_filename
 from records.spool import Spool, UploadStopped
-from records.storage import stop_processes_using
+from records.storage import MediaStore, stop_processes_using
 from tests.audio import silent_wav
 
 
@@ -87,6 +87,36 @@ def test_downloads_are_read_in_large_pieces_from_start_to_end(tmp_path, start, e
     pieces = list(StaticBaseHandler.get_content(str(path), start, end))
     assert b"".join(pieces) == data[start:end]
     assert len(pieces) == math.ceil(len(data[start:end]) / READ_CHUNK_BYTES)
+
+
+def _pages_in_memory(path: Path) -> list[bool]:
+    """For each 4 KiB page of the file: can it be read without waiting on the disk?"""
+    page = bytearray(4096)
+    in_memory = []
+    with path.open("rb") as file:
+        for offset in range(0, path.stat().st_size, len(page)):
+            try:
+                os.preadv(file.fileno(), [page], offset, os.RWF_NOWAIT)
+                in_memory.append(True)
+            except BlockingIOError:
+                in_memory.append(False)
+    return in_memory
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="needs preadv2(RWF_NOWAIT) to see the page cache")
+def test_a_record_is_brought_into_memory_before_its_download(tmp_path):
+    store = MediaStore(tmp_path)
+    path = store.absolute("ab/record.mp3")
+    path.parent.mkdir()
+    with path.open("wb") as file:
+        file.write(os.urandom(3 * 1024 * 1024 + 5))
+        os.fsync(file.fileno())
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    if any(_pages_in_memory(path)):
+        pytest.skip("this filesystem keeps the file in memory")
+    store.load_into_memory("ab/record.mp3")
+    assert all(_pages_in_memory(path))
+    store.load_into_memory("ab/missing.mp3")  # the download answers 404 afterwards
 
 
 def test_ffmpeg_is_found_without_configuration():
