@@ -95,7 +95,7 @@ class BaseHandler(RequestHandler):
 
     @property
     def io_executor(self) -> ThreadPoolExecutor:
-        """Threads for file writes, so the event loop never waits on the disk."""
+        """Threads for file I/O (uploads, download preloads), so the event loop never waits on the disk."""
         executor: ThreadPoolExecutor = self.application.settings["io_executor"]
         return executor
 

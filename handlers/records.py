@@ -12,6 +12,7 @@ import uuid
 from asyncio import Future
 from typing import Any
 
+from tornado import httputil
 from tornado.web import HTTPError
 
 from converters.mp3 import ConversionFailed, ConversionInterrupted, GaveWay
@@ -284,13 +285,20 @@ class RecordDownloadHandler(StaticBaseHandler):
         if record is None:
             raise ApiError(404, "there is no such record for this user")
         self._record = record
-        if include_body:
+        self.set_etag_header()  # StaticFileHandler sets it too; a 304 needs no bytes read
+        if include_body and not self.check_etag_header():
             # StaticFileHandler reads the file on the event loop: from memory that takes microseconds,
             # but an MP3 evicted from the page cache would stall every request while the disk answers.
+            start, end = self.requested_range()
             await asyncio.get_running_loop().run_in_executor(
-                self.io_executor, self.media.load_into_memory, record["path"]
+                self.io_executor, self.media.load_into_memory, record["path"], start, end
             )
         await super().get(record["path"], include_body)
+
+    def requested_range(self) -> tuple[int | None, int | None]:
+        """The byte range the Range header asks for, as StaticFileHandler reads it; (None, None) for all."""
+        header = self.request.headers.get("Range")
+        return (httputil._parse_request_range(header) if header else None) or (None, None)
 
     async def head(self) -> None:  # type: ignore[override]
         """The headers of GET, without the body."""

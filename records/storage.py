@@ -93,18 +93,22 @@ class MediaStore:
         """The file behind a stored relative path."""
         return self.root / relative
 
-    def load_into_memory(self, relative: str) -> None:
-        """Bring a stored file into the page cache, so that reading it next does not wait on the disk."""
+    def load_into_memory(self, relative: str, start: int | None = None, end: int | None = None) -> None:
+        """Bring a stored file's bytes `start` to `end` (a Range's, negative `start` from the end) into
+        the page cache, so that reading them next does not wait on the disk."""
         # sendfile(2) to /dev/null reads the pages in without copying them anywhere: about 0.1 ms
-        # for a cached 7 MB MP3. Where it fails (not Linux, a missing file), reads go to the disk.
+        # for a cached 7 MB MP3. Best effort: where it fails (not Linux, a missing file),
+        # StaticFileHandler reads from the disk or answers 404.
         with (
             contextlib.suppress(OSError),
             self.absolute(relative).open("rb") as file,
             open(os.devnull, "wb") as sink,
         ):
-            offset, size = 0, os.fstat(file.fileno()).st_size
-            while offset < size:
-                sent = os.sendfile(sink.fileno(), file.fileno(), offset, size - offset)
+            size = os.fstat(file.fileno()).st_size
+            offset = 0 if start is None else max(0, size + start) if start < 0 else start
+            stop = size if end is None else min(end, size)
+            while offset < stop:
+                sent = os.sendfile(sink.fileno(), file.fileno(), offset, stop - offset)
                 if not sent:
                     break
                 offset += sent

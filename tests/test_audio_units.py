@@ -32,6 +32,7 @@ from records.names import content_disposition, sanitize_filename
 from records.spool import Spool, UploadStopped
 from records.storage import MediaStore, stop_processes_using
 from tests.audio import silent_wav
+from tests.support import evict_from_memory, pages_in_memory
 
 
 @pytest.mark.parametrize(
@@ -89,34 +90,30 @@ def test_downloads_are_read_in_large_pieces_from_start_to_end(tmp_path, start, e
     assert len(pieces) == math.ceil(len(data[start:end]) / READ_CHUNK_BYTES)
 
 
-def _pages_in_memory(path: Path) -> list[bool]:
-    """For each 4 KiB page of the file: can it be read without waiting on the disk?"""
-    page = bytearray(4096)
-    in_memory = []
-    with path.open("rb") as file:
-        for offset in range(0, path.stat().st_size, len(page)):
-            try:
-                os.preadv(file.fileno(), [page], offset, os.RWF_NOWAIT)
-                in_memory.append(True)
-            except BlockingIOError:
-                in_memory.append(False)
-    return in_memory
-
-
-@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="needs preadv2(RWF_NOWAIT) to see the page cache")
-def test_a_record_is_brought_into_memory_before_its_download(tmp_path):
+@pytest.fixture
+def evicted_record(tmp_path):
+    """A MediaStore with one 3 MiB record whose pages are not in memory, and its relative path."""
     store = MediaStore(tmp_path)
     path = store.absolute("ab/record.mp3")
     path.parent.mkdir()
-    with path.open("wb") as file:
-        file.write(os.urandom(3 * 1024 * 1024 + 5))
-        os.fsync(file.fileno())
-        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    if any(_pages_in_memory(path)):
-        pytest.skip("this filesystem keeps the file in memory")
-    store.load_into_memory("ab/record.mp3")
-    assert all(_pages_in_memory(path))
+    path.write_bytes(os.urandom(3 * 1024 * 1024 + 5))
+    evict_from_memory(path)
+    return store, "ab/record.mp3"
+
+
+def test_a_record_is_brought_into_memory_before_its_download(evicted_record):
+    store, relative = evicted_record
+    store.load_into_memory(relative)
+    assert all(pages_in_memory(store.absolute(relative)))
     store.load_into_memory("ab/missing.mp3")  # the download answers 404 afterwards
+
+
+def test_only_the_requested_range_is_brought_into_memory(evicted_record):
+    store, relative = evicted_record
+    store.load_into_memory(relative, -10, None)  # Range: bytes=-10
+    in_memory = pages_in_memory(store.absolute(relative))
+    assert in_memory[-1]
+    assert not in_memory[0]  # readahead only runs forward
 
 
 def test_ffmpeg_is_found_without_configuration():

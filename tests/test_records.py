@@ -14,6 +14,8 @@ from tests.audio import decode_mp3, make_wav, multipart, silent_wav, upload_form
 from tests.support import (
     assert_problem,
     call,
+    evict_from_memory,
+    pages_in_memory,
     poll,
     port_of,
     post_streaming,
@@ -135,6 +137,22 @@ async def test_download_headers_range_head_and_304(base_url, db, user):
     assert unsatisfiable.headers["Content-Range"] == f"bytes */{len(full.body)}"
     cached = await call(url, "GET", "", headers={"If-None-Match": full.headers["ETag"]})
     assert cached.status == 304 and cached.body == b""
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_download_brings_into_memory_only_what_it_sends(app, base_url, db, user):
+    user_id, token = user
+    url = (await upload(base_url, user_id, token, make_wav(1.0))).json["url"]
+    record_id = parse_qs(urlsplit(url).query)["id"][0]
+    path = next(app.settings["media"].root.glob(f"*/{record_id}.mp3"))
+    evict_from_memory(path)
+    cached = await call(url, "GET", "", headers={"If-None-Match": f'"{record_id}"'})
+    assert cached.status == 304
+    assert not any(pages_in_memory(path))
+    tail = await call(url, "GET", "", headers={"Range": "bytes=-10"})
+    assert tail.status == 206 and len(tail.body) == 10
+    in_memory = pages_in_memory(path)
+    assert in_memory[-1] and not in_memory[0]
 
 
 @pytest.mark.gen_test(timeout=60)
