@@ -24,11 +24,12 @@ from config import ConfigError, Settings, load_settings
 from converters.ffmpeg import find_ffmpeg
 from converters.mp3 import Mp3Settings
 from converters.pool import ConversionPool
+from database import bind_database, create_tables, open_database
 from embedded_db import start_embedded_postgres
 from handlers import ROUTES
 from handlers.base import MAX_JSON_BYTES, NotFoundHandler
 from handlers.docs import load_openapi_document
-from models import bind_database, create_tables, database, open_database
+from models import database
 from quiz.repository import insert_new_questions
 from quiz.shared import SharedUpstream
 from quiz.upstream import MAX_ANSWER_BYTES, JServiceClient

@@ -21,8 +21,8 @@ from batching import Batcher
 from config import Settings
 from converters.mp3 import Mp3Settings
 from converters.pool import ConversionPool
+from database import DatabaseUnavailable
 from handlers.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER, ApiError, invalid, phrase
-from models import DatabaseUnavailable
 from quiz.repository import QuestionDict
 from quiz.shared import SharedUpstream
 from quiz.upstream import Clue

@@ -1,7 +1,7 @@
 """GET /health: whether the service can reach its database."""
 
+from database import ping
 from handlers.base import BaseHandler
-from models import ping
 
 
 class HealthHandler(BaseHandler):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from database import storable_text
 from handlers.base import BaseHandler
 from handlers.problems import ApiError, invalid, sole_field
-from models import storable_text
 from users.repository import find_user
 
 MAX_NAME_CHARS = 100

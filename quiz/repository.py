@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from models import PreparedStatement, Question, with_connection
+from database import with_connection
+from models import Question, database
 from quiz.upstream import Clue
 
 QuestionDict = dict[str, Any]
@@ -24,18 +25,16 @@ PUBLIC_COLUMNS = (
 )
 # One statement, so one round trip and one snapshot: `previous` is the latest question as it was
 # just before these rows went in, however many other requests insert at the same time. The rows
-# come as one array per column, so the statement has one shape for any batch and is prepared once.
-INSERT_NEW = PreparedStatement(
-    "insert_new_questions",
-    ["bigint[]", "text[]", "text[]", "timestamptz[]", "timestamptz[]", "integer[]", "text[]"],
-    """
+# come as one array per column, so the statement has one shape for any batch.
+INSERT_NEW = """
 WITH previous AS (
     SELECT jservice_id, question, answer, created_at, airdate, value, category, saved_at
     FROM questions ORDER BY id DESC LIMIT 1
 ), inserted AS (
     INSERT INTO questions (jservice_id, question, answer, created_at, airdate, value, category)
     SELECT jservice_id, question, answer, created_at, airdate, value, category
-    FROM unnest($1, $2, $3, $4, $5, $6, $7) WITH ORDINALITY
+    FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
+                %s::integer[], %s::text[]) WITH ORDINALITY
         AS batch (jservice_id, question, answer, created_at, airdate, value, category, position)
     ORDER BY position
     ON CONFLICT (jservice_id) DO NOTHING
@@ -43,8 +42,7 @@ WITH previous AS (
 )
 SELECT (SELECT array_agg(jservice_id) FROM inserted), previous.*
 FROM (SELECT 1) AS one LEFT JOIN previous ON TRUE
-""",
-)
+"""
 
 
 def iso8601(moment: datetime | None) -> str | None:
@@ -96,7 +94,7 @@ def insert_new_questions(batches: Sequence[Sequence[Clue]]) -> list[tuple[int, Q
     # In id order: concurrent statements that share ids then lock them in the same order, never a deadlock.
     ordered = sorted(unique.values(), key=lambda clue: clue.jservice_id)
     columns = [list(column) for column in zip(*map(_row, ordered), strict=True)]
-    inserted, *previous = INSERT_NEW.execute(columns).fetchone()
+    inserted, *previous = database.execute_sql(INSERT_NEW, columns).fetchone()
     stored = [0] * len(batches)
     for jservice_id in inserted or ():
         stored[first_batch[jservice_id]] += 1

@@ -12,7 +12,7 @@ import pycurl
 from tornado.curl_httpclient import CurlError
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from models import storable_text
+from database import storable_text
 
 MAX_BATCH = 100
 MAX_ANSWER_BYTES = 8 * 1024 * 1024

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from models import Record, in_transaction, with_connection
+from database import in_transaction, with_connection
+from models import Record
 from records.storage import StoredAudio
 
 

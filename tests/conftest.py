@@ -15,9 +15,10 @@ import tornado.testing
 from tornado.web import Application
 
 from config import Settings
+from database import bind_database, create_tables, open_database
 from embedded_db import start_embedded_postgres
 from jservice.standin import Behaviour, make_standin_app
-from models import MODELS, bind_database, create_tables, database, open_database
+from models import MODELS, database
 from server import close_app, make_app, make_server
 from tests.support import sql
 

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
+from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import pytest
 
 from config import ConfigError, Settings, load_settings
-from models import PreparedStatement, database
-from tests.support import ROOT, assert_problem, call, free_port, poll, serve_process, start_server_process
+from database import bind_database, create_tables, open_database
+from models import database
+from tests.support import (
+    ROOT,
+    assert_problem,
+    call,
+    free_port,
+    poll,
+    serve_process,
+    sql,
+    start_server_process,
+)
 
 DEAD_DATABASE = "postgresql://postgres@127.0.0.1:1/nothing"
 
@@ -238,11 +251,38 @@ async def test_a_worker_that_dies_takes_the_service_down_for_a_clean_restart(two
     assert "ended unexpectedly" in server.log
 
 
-def test_a_prepared_statement_lost_by_the_session_is_prepared_again(app):
-    statement = PreparedStatement("test_add_one", ["integer"], "SELECT $1 + 1")
-    with database.connection_context():
-        assert statement.execute((1,)).fetchone() == (2,)
-        database.execute_sql("DEALLOCATE ALL")
-        assert statement.execute((2,)).fetchone() == (3,)
-        twin = PreparedStatement("test_add_one", ["integer"], "SELECT $1 + 1")
-        assert twin.execute((5,)).fetchone() == (6,)  # already prepared under that name: used as is
+def _create_tables_at_once(instances: int) -> list[BaseException]:
+    """`instances` threads call create_tables at the same moment; what they raised."""
+    start = threading.Barrier(instances)
+    failures: list[BaseException] = []
+
+    def start_instance() -> None:
+        start.wait()
+        try:
+            create_tables(wait_seconds=10)
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=start_instance) for _ in range(instances)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return failures
+
+
+def test_instances_creating_the_tables_together_never_collide(database_url):
+    """Eight starts at the same moment on an empty database, five times over: all succeed."""
+    server = urlsplit(database_url)
+    for attempt in range(5):
+        name = f"quiz_race_{attempt}_{os.getpid()}"
+        sql(database_url, f"CREATE DATABASE {name}")
+        fresh = urlunsplit(server._replace(path=f"/{name}"))
+        try:
+            bind_database(open_database(fresh, 8))
+            assert _create_tables_at_once(8) == []
+            tables = sql(fresh, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            assert tables == [(3,)]
+        finally:
+            database.close_all()
+            sql(database_url, f"DROP DATABASE {name} WITH (FORCE)")

@@ -7,7 +7,8 @@ import hmac
 import uuid
 from typing import Any, Literal
 
-from models import PreparedStatement, User, with_connection
+from database import with_connection
+from models import User, database
 from quiz.repository import iso8601
 
 TokenCheck = Literal["ok", "unknown_user", "wrong_token"]
@@ -19,10 +20,9 @@ def token_digest(token: str) -> str:
 
 
 # One statement for any number of users, with two array parameters: no per-row query building.
-INSERT_USERS = PreparedStatement(
-    "insert_users",
-    ["text[]", "text[]"],
-    "INSERT INTO users (name, token_sha256) SELECT * FROM unnest($1, $2) RETURNING token_sha256, id",
+INSERT_USERS = (
+    "INSERT INTO users (name, token_sha256) SELECT * FROM unnest(%s::text[], %s::text[])"
+    " RETURNING token_sha256, id"
 )
 
 
@@ -33,7 +33,7 @@ def create_users(names: list[str]) -> list[tuple[int, str]]:
     tokens = [str(uuid.uuid4()) for _ in names]
     digests = [token_digest(token) for token in tokens]
     # Matched by digest: PostgreSQL does not promise RETURNING rows in input order.
-    ids = dict(INSERT_USERS.execute((names, digests)).fetchall())
+    ids = dict(database.execute_sql(INSERT_USERS, (names, digests)).fetchall())
     return [(ids[digest], token) for digest, token in zip(digests, tokens, strict=True)]
 
 
