@@ -37,9 +37,13 @@ from bench.traffic import create_user
 
 
 def machine() -> str:
-    """CPU count, memory, Python, kernel and the date, for the report."""
+    """CPU count and model, memory, Python, kernel and the date, for the report."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?"
+    )
     return (
-        f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 1024**3:.1f} GiB RAM,"
+        f"machine: {os.cpu_count()} CPUs ({model}), {psutil.virtual_memory().total / 1024**3:.1f} GiB RAM,"
         f" Python {platform.python_version()}, {platform.system()} {platform.release()},"
         f" {time.strftime('%Y-%m-%d %H:%M %Z')}"
     )
