@@ -28,17 +28,23 @@ run: $(BIN)/.installed
 standin: $(BIN)/.installed
 	$(BIN)/python -m jservice --host 0.0.0.0 --port $(STANDIN_PORT)
 
-# Benchmarks (README "Performance"); wrk and nginx are used when installed: apt-get install wrk nginx.
+# Benchmarks (README "Performance"). HTTP load comes from wrk (required) and nginx is the download
+# scenario's yardstick: as root, the bench targets install both when wrk is missing.
 # `make bench BENCH_ARGS="users questions"` runs only the scenarios named.
+WRK_CHECK = command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || \
+	(apt-get update -qq && apt-get install -y -qq wrk nginx-light)
+
 bench: $(BIN)/.installed
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	@$(WRK_CHECK)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 bench-quick: $(BIN)/.installed
-	$(BIN)/python bench/run.py --quick
+	@$(WRK_CHECK)
+	$(BIN)/python -m bench --quick
 
 # Soak: 120 s of mixed load against one server (`make soak SOAK_ARGS=--quick` for 20 s)
 soak: $(BIN)/.installed
-	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

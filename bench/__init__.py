@@ -1,1 +1,1 @@
-"""The benchmark harness: `python bench/run.py` (full) or `python bench/run.py --quick` (smoke)."""
+"""The benchmark harness: `python -m bench` (`make bench`) and the soak test `python -m bench.soak`."""
