@@ -29,7 +29,7 @@ class Client:
 
 def client_of(request: HTTPServerRequest, trusted: Sequence[Network]) -> Client:
     """The client of `request`; X-Forwarded-* headers count only when the peer is a trusted proxy."""
-    peer = _address(request.remote_ip or "")
+    peer = _address(request.remote_ip or "") if trusted else None
     if peer is None or not _trusted(peer, trusted):
         return Client(request.remote_ip or "-", request.protocol, request.host)
     hops = ",".join(request.headers.get_list("X-Forwarded-For")).split(",")

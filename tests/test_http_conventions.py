@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
+import shutil
+import subprocess
 import tomllib
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from config import ConfigError, load_settings
 from handlers.forwarded import forwarded_client
 from tests.audio import make_wav, upload_form
-from tests.support import ROOT, assert_problem, call, fetch
+from tests.support import ROOT, assert_problem, call, fetch, free_port, poll
 
 APP = "https://app.example.org"
 LOCAL = (ipaddress.ip_network("127.0.0.1/32"),)
@@ -241,3 +246,67 @@ def test_the_client_is_the_right_most_untrusted_hop(hops, trusted, client):
     networks = [ipaddress.ip_network(network) for network in trusted]
     found = forwarded_client(hops.split(","), ipaddress.ip_address("127.0.0.1"), networks)
     assert str(found) == client
+
+
+NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+NGINX_CONF = """daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+{user}
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        {location}
+    }}
+}}
+"""
+
+
+@pytest.fixture
+def nginx(http_port: int, tmp_path: Path) -> Iterator[str]:
+    """nginx in front of the app, configured with docs/http.md's location block; its base URL."""
+    if NGINX is None:
+        pytest.skip("needs nginx (apt-get install nginx)")
+    block = re.search(r"```nginx\n(.*?)```", (ROOT / "docs" / "http.md").read_text(), re.DOTALL)
+    assert block is not None
+    location = block.group(1).replace("127.0.0.1:8000", f"127.0.0.1:{http_port}")
+    port = free_port()
+    user = "user root;" if os.geteuid() == 0 else ""  # else its workers could not use tmp_path
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(prefix=tmp_path, user=user, port=port, location=location))
+    command = [str(NGINX), "-p", f"{tmp_path}/", "-e", f"{tmp_path}/error.log", "-c", str(conf)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(trusted_proxies=LOCAL)
+async def test_behind_nginx_as_the_docs_configure_it(nginx, base_url, db, caplog):
+    caplog.set_level(logging.INFO)
+
+    async def healthy() -> bool:
+        try:
+            return (await fetch(nginx, "GET", "/health", timeout=2)).status == 200
+        except OSError:
+            return False
+
+    await poll(healthy, deadline=15)
+    public = {"Host": "audio.example.org:8080"}
+    user = (await call(nginx, "POST", "/users", {"name": "proxied"}, headers=public)).json
+    body, content_type = upload_form(user, make_wav(0.2))
+    reply = await call(nginx, "POST", "/records", raw=body, headers={"Content-Type": content_type, **public})
+    assert reply.json["url"].startswith("http://audio.example.org:8080/record?id=")
+    # nginx's own request id reaches the service, and comes back.
+    request_id = reply.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+    line = next(r.getMessage() for r in access_lines(caplog) if r.getMessage().startswith("POST /records"))
+    assert line.endswith(f" client=127.0.0.1 request_id={request_id}")
