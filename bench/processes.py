@@ -179,7 +179,7 @@ http {{
     types {{ audio/mpeg mp3; }}
     server {{
         listen {host}:{port};
-        root {root};
+        {server}
     }}
 }}
 """
@@ -194,7 +194,7 @@ def start_nginx(processes: Processes, nginx: str, root: Path, probe: str) -> int
     # As root, nginx workers would run as nobody, who cannot read the private work directory.
     user = "user root;" if os.geteuid() == 0 else ""
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, user=user, host=HOST, port=port, root=root))
+    conf.write_text(NGINX_CONF.format(prefix=prefix, user=user, host=HOST, port=port, server=f"root {root};"))
     command = [nginx, "-p", f"{prefix}/", "-e", f"{prefix}/error.log", "-c", str(conf)]
     processes.start("nginx", command, base_env())
     wait_http(processes, "nginx", port, probe, seconds=15)

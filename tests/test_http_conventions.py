@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.processes import NGINX_CONF
 from config import ConfigError, load_settings
 from handlers.forwarded import forwarded_client
 from tests.audio import make_wav, upload_form
@@ -249,24 +250,6 @@ def test_the_client_is_the_right_most_untrusted_hop(hops, trusted, client):
 
 
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-NGINX_CONF = """daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-{user}
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        {location}
-    }}
-}}
-"""
 
 
 @pytest.fixture
@@ -280,7 +263,9 @@ def nginx(http_port: int, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     user = "user root;" if os.geteuid() == 0 else ""  # else its workers could not use tmp_path
     conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=tmp_path, user=user, port=port, location=location))
+    conf.write_text(
+        NGINX_CONF.format(prefix=tmp_path, user=user, host="127.0.0.1", port=port, server=location)
+    )
     command = [str(NGINX), "-p", f"{tmp_path}/", "-e", f"{tmp_path}/error.log", "-c", str(conf)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     yield f"http://127.0.0.1:{port}"
