@@ -47,9 +47,12 @@ def log_request(handler: RequestHandler) -> None:
     """One access-log line a request: method, path (never the query, which may hold secrets), status,
     milliseconds, the client's address and the request id. Refused requests (4xx) are routine: INFO."""
     status = handler.get_status()
+    level = logging.INFO if status < 500 else logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return  # LOG_LEVEL=WARNING: no access log, and no work for it
     client = getattr(handler, "client", None)
     access_log.log(
-        logging.INFO if status < 500 else logging.ERROR,
+        level,
         "%s %s %d %.1fms client=%s request_id=%s",
         handler.request.method,
         handler.request.path,
