@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(ValueError):
@@ -44,6 +47,8 @@ class Settings:
     http_idle_timeout: float = 60.0
     http_body_timeout: float = 60.0
     workers: int = 1
+    cors_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
 
     @property
     def media_root(self) -> Path:
@@ -110,6 +115,25 @@ def _path(value: str) -> Path:
     return Path(_text(value))
 
 
+def _origins(value: str) -> tuple[str, ...]:
+    origins = tuple(filter(None, (part.strip().rstrip("/").lower() for part in value.split(","))))
+    for origin in origins:
+        parts = urlsplit(origin)
+        exact = parts.scheme in ("http", "https") and f"{parts.scheme}://{parts.netloc}" == origin
+        if origin != "*" and (not exact or not parts.hostname or "@" in parts.netloc):
+            raise ValueError(f"{origin!r} is neither * nor an origin such as https://app.example.org")
+    return origins
+
+
+def _networks(value: str) -> tuple[Network, ...]:
+    try:
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip()
+        )
+    except ValueError:
+        raise ValueError("must be IP addresses or CIDR networks, separated by commas") from None
+
+
 # Every environment variable the service reads: (Settings field, parser).
 VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DATABASE_URL": ("database_url", _postgres_url),
@@ -137,6 +161,8 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HTTP_IDLE_TIMEOUT": ("http_idle_timeout", _seconds),
     "HTTP_BODY_TIMEOUT": ("http_body_timeout", _seconds),
     "WORKERS": ("workers", _int_in(1, 64)),
+    "CORS_ORIGINS": ("cors_origins", _origins),
+    "TRUSTED_PROXIES": ("trusted_proxies", _networks),
 }
 
 

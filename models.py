@@ -59,6 +59,8 @@ class Record(BaseModel):
 
     class Meta:
         table_name = "records"
+        # A user's records newest first (GET /users/{id}/records) read from the index, not sorted.
+        indexes = ((("user", "created_at", "id"), False),)
 
 
 MODELS: list[type[BaseModel]] = [Question, User, Record]

@@ -44,15 +44,20 @@ def first_line(error: BaseException) -> str:
 
 
 def log_request(handler: RequestHandler) -> None:
-    """One access-log line a request: method, path (never the query, which may hold secrets),
-    status and milliseconds."""
+    """One access-log line a request: method, path (never the query, which may hold secrets), status,
+    milliseconds, the client's address and the request id. Refused requests (4xx) are routine: INFO."""
     status = handler.get_status()
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    level = logging.INFO if status < 500 else logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return  # LOG_LEVEL=WARNING: no access log, and no work for it
+    client = getattr(handler, "client", None)
     access_log.log(
         level,
-        "%s %s %d %.1fms",
+        "%s %s %d %.1fms client=%s request_id=%s",
         handler.request.method,
         handler.request.path,
         status,
         1000.0 * handler.request.request_time(),
+        client.address if client is not None else handler.request.remote_ip,
+        getattr(handler, "request_id", "-"),
     )

@@ -5,7 +5,7 @@ from typing import Any
 from handlers.docs import SWAGGER_UI_DIR, DocsAssetHandler, DocsHandler, OpenApiHandler
 from handlers.health import HealthHandler
 from handlers.questions import QuestionsHandler
-from handlers.records import RecordDownloadHandler, RecordUploadHandler
+from handlers.records import RecordDownloadHandler, RecordUploadHandler, UserRecordsHandler
 from handlers.users import UserHandler, UsersHandler
 
 ROUTES: list[tuple[str, Any] | tuple[str, Any, dict[str, Any]]] = [
@@ -13,6 +13,7 @@ ROUTES: list[tuple[str, Any] | tuple[str, Any, dict[str, Any]]] = [
     (r"/questions", QuestionsHandler),
     (r"/users", UsersHandler),
     (r"/users/([0-9]+)", UserHandler),
+    (r"/users/([0-9]+)/records", UserRecordsHandler),
     (r"/records", RecordUploadHandler),
     (r"/record", RecordDownloadHandler),
     (r"/openapi.yaml", OpenApiHandler, {"as_json": False}),

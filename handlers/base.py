@@ -8,20 +8,24 @@ import json
 import logging
 import re
 import sys
+import uuid
 from asyncio import Future
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
-from tornado.web import HTTPError, RequestHandler, stream_request_body
+from tornado.web import Finish, HTTPError, RequestHandler, stream_request_body
 
 from batching import Batcher
 from config import Settings
 from converters.mp3 import Mp3Settings
 from converters.pool import ConversionPool
 from database import DatabaseUnavailable
+from handlers.forwarded import Client, client_of
 from handlers.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER, ApiError, invalid, phrase
 from quiz.repository import QuestionDict
 from quiz.shared import SharedUpstream
@@ -35,7 +39,14 @@ R = TypeVar("R")
 log = logging.getLogger("api")
 
 MAX_JSON_BYTES = 64 * 1024
+MAX_PAGE = 1000
 ASCII_INTEGER = re.compile(r"-?[0-9]{1,19}")
+# A client's X-Request-ID is kept when it looks like an id (it goes into logs as it is).
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+# What browser pages of CORS_ORIGINS may send, and read, beyond what CORS always allows.
+CORS_REQUEST_HEADERS = "Authorization, Content-Type, If-Modified-Since, If-None-Match, Range, X-Request-ID"
+CORS_EXPOSED_HEADERS = "Content-Disposition, Location, Retry-After, X-Request-ID"
+CORS_MAX_AGE_SECONDS = 600
 
 
 @stream_request_body
@@ -118,14 +129,63 @@ class BaseHandler(RequestHandler):
         return tracker
 
     def set_default_headers(self) -> None:
-        """API answers are never sniffed nor cached."""
+        """API answers are never sniffed nor cached, and carry the request id (errors too: Tornado
+        sets these again when it clears an answer to send an error)."""
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Request-ID", self.request_id)
+        self.set_cors_headers()
+
+    @cached_property
+    def request_id(self) -> str:
+        """The client's X-Request-ID when it is well-formed, else a fresh one."""
+        sent = self.request.headers.get("X-Request-ID", "")
+        return sent if REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+
+    @cached_property
+    def client(self) -> Client:
+        """Who sent the request and what scheme and host it asked for (TRUSTED_PROXIES' word for it)."""
+        return client_of(self.request, self.config.trusted_proxies)
+
+    def public_base(self) -> str:
+        """scheme://host[:port] of the links the service hands out: PUBLIC_URL, else the client's."""
+        return self.config.public_url or f"{self.client.protocol}://{self.client.host}"
+
+    def cors_origin(self) -> str | None:
+        """The Access-Control-Allow-Origin for this request, or None when CORS_ORIGINS does not allow it."""
+        origin = self.request.headers.get("Origin")
+        allowed = self.config.cors_origins
+        if origin is None or not allowed:
+            return None
+        return "*" if "*" in allowed else origin if origin.lower() in allowed else None
+
+    def set_cors_headers(self) -> None:
+        """Let pages of CORS_ORIGINS read the answer, its errors and the headers they need."""
+        if self.config.cors_origins and "*" not in self.config.cors_origins:
+            self.set_header("Vary", "Origin")  # caches must not hand one origin's answer to another
+        origin = self.cors_origin()
+        if origin is not None:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Expose-Headers", CORS_EXPOSED_HEADERS)
+
+    def answer_preflight(self) -> None:
+        """Answer a CORS preflight from an allowed origin for a method this path takes with 204;
+        any other OPTIONS request goes on to its 405 (or 404) problem."""
+        asked = self.request.headers.get("Access-Control-Request-Method")
+        if self.request.method != "OPTIONS" or asked not in self.allowed_methods() or not self.cors_origin():
+            return
+        self.set_header("Access-Control-Allow-Methods", ", ".join(self.allowed_methods()))
+        self.set_header("Access-Control-Allow-Headers", CORS_REQUEST_HEADERS)
+        self.set_header("Access-Control-Max-Age", str(CORS_MAX_AGE_SECONDS))
+        self.set_status(204)
+        raise Finish()
 
     def prepare(self) -> None:
-        """Count the request and refuse a declared body over the cap before reading it."""
+        """Count the request, answer a CORS preflight, and refuse a declared body over the cap
+        before reading it."""
         self.in_flight.enter()
         self._counted = True
+        self.answer_preflight()
         declared = self.request.headers.get("Content-Length")
         if declared is not None and ASCII_INTEGER.fullmatch(declared) and int(declared) > self.max_body_bytes:
             raise self.body_too_large()
@@ -196,7 +256,17 @@ class BaseHandler(RequestHandler):
 
     def _request_summary(self) -> str:
         # Tornado puts this in its warning and error lines; the query string may hold secrets.
-        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
+        return f"{self.request.method} {self.request.path} ({self.client.address} {self.request_id})"
+
+    def log_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """A refused request (4xx) is the client's doing: its reason is logged at INFO, not WARNING."""
+        if isinstance(value, HTTPError) and value.status_code < 500:
+            if value.log_message:
+                log.info("%d %s: %s", value.status_code, self._request_summary(), value.get_message())
+            return
+        super().log_exception(typ, value, tb)
 
     def _leave(self) -> None:
         if self._counted:
@@ -226,6 +296,11 @@ class BaseHandler(RequestHandler):
         if not ASCII_INTEGER.fullmatch(raw) or not minimum <= int(raw) <= maximum:
             raise invalid(name, f"must be an integer from {minimum} to {maximum}")
         return int(raw)
+
+    def page_query(self) -> tuple[int, int]:
+        """The `limit` (1 to MAX_PAGE, default 50) and `offset` (default 0) of a paged list; 422 otherwise."""
+        limit = self.query_int("limit", default=50, minimum=1, maximum=MAX_PAGE)
+        return limit, self.query_int("offset", default=0, minimum=0, maximum=2**62)
 
     def write_json(self, payload: Any, status: int = 200) -> None:
         """Finish with a JSON body."""
@@ -267,6 +342,7 @@ class BaseHandler(RequestHandler):
             "title": phrase(status_code),
             "status": status_code,
             "detail": detail,
+            "request_id": self.request_id,
         }
         self.set_status(status_code)
         self.set_header("Cache-Control", "no-store")

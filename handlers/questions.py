@@ -10,7 +10,6 @@ from quiz.repository import latest_question, list_questions
 from quiz.service import Budget, QuestionsShortfall, QuestionStore, store_new_questions
 
 SHORTFALL_STATUS = {"bad_gateway": 502, "timeout": 504, "no_new_questions": 503}
-MAX_PAGE = 1000
 
 
 def parse_questions_num(body: dict[str, Any], maximum: int) -> int:
@@ -53,6 +52,4 @@ class QuestionsHandler(BaseHandler):
 
     async def get(self) -> None:
         """One page of stored questions, newest first."""
-        limit = self.query_int("limit", default=50, minimum=1, maximum=MAX_PAGE)
-        offset = self.query_int("offset", default=0, minimum=0, maximum=2**62)
-        self.write_json(await self.run_db(list_questions, limit, offset))
+        self.write_json(await self.run_db(list_questions, *self.page_query()))

@@ -1,4 +1,5 @@
-"""POST /records uploads a WAV and stores it as MP3; GET /record downloads it."""
+"""POST /records uploads a WAV and stores it as MP3; GET /record downloads it, DELETE /record deletes
+it; GET /users/<id>/records lists a user's records."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from handlers.base import BaseHandler
 from handlers.problems import RETRY_AFTER, ApiError, invalid
 from handlers.static import StaticBaseHandler
 from records.names import content_disposition, sanitize_filename
-from records.repository import find_record, insert_record
+from records.repository import delete_record, find_record, insert_record, list_user_records
 from records.spool import Spool, UploadStopped
 from records.storage import StoredAudio, convert_into_store
 from records.upload import MalformedForm, StreamingForm
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 TORNADO_CAP_FACTOR = 2
 BEARER = re.compile(r"Bearer\s+(\S+)\s*$", re.IGNORECASE)
 USER_ID = re.compile(r"[1-9][0-9]{0,17}")
+WWW_AUTHENTICATE = {"WWW-Authenticate": "Bearer"}
 
 
 def parse_user_id(raw: str | None, field: str = "user") -> int:
@@ -42,6 +44,36 @@ def parse_user_id(raw: str | None, field: str = "user") -> int:
     if not USER_ID.fullmatch(raw.strip()):
         raise invalid(field, "must be a positive integer")
     return int(raw.strip())
+
+
+def bearer_token(handler: BaseHandler) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None (no header, another scheme)."""
+    header = BEARER.match(handler.request.headers.get("Authorization", ""))
+    return header.group(1) if header else None
+
+
+async def authenticate(handler: BaseHandler, user_id: int, token: str) -> None:
+    """Check that the token is the user's: 404 for an unknown user, 403 for another token."""
+    check = await handler.run_db(check_token, user_id, token)
+    if check == "unknown_user":
+        raise ApiError(404, f"there is no user {user_id}")
+    if check == "wrong_token":
+        raise ApiError(403, "the token does not belong to this user")
+
+
+def required_bearer_token(handler: BaseHandler) -> str:
+    """The Bearer token a call needs; 401 (with WWW-Authenticate) without one."""
+    token = bearer_token(handler)
+    if token is None:
+        raise ApiError(
+            401, "send the user's token as Authorization: Bearer <token>", headers=WWW_AUTHENTICATE
+        )
+    return token
+
+
+def download_url(handler: BaseHandler, record_id: str, user_id: int) -> str:
+    """The link GET /record downloads a record from."""
+    return f"{handler.public_base()}/record?id={record_id}&user={user_id}"
 
 
 class RecordUploadHandler(BaseHandler):
@@ -156,15 +188,14 @@ class RecordUploadHandler(BaseHandler):
             except BaseException:
                 self.media.remove(audio.path)
                 raise
-        url = f"{self._public_base()}/record?id={audio.record_id}&user={user_id}"
+        url = download_url(self, str(audio.record_id), user_id)
         self.set_header("Location", url)
         self.write_json({"id": str(audio.record_id), "user": user_id, "url": url}, status=201)
 
     def _credentials(self, form: StreamingForm) -> tuple[int, str]:
         """The user id and token of the upload; 422 when one is missing or malformed."""
         user_id = parse_user_id(form.fields.get("user"))
-        header = BEARER.match(self.request.headers.get("Authorization", ""))
-        token = header.group(1) if header else form.fields.get("token")
+        token = bearer_token(self) or form.fields.get("token")
         if not token:
             raise invalid("token", "is required (a form field, or Authorization: Bearer)")
         return user_id, token.strip()  # a blank token is sent, and is wrong (403)
@@ -173,11 +204,7 @@ class RecordUploadHandler(BaseHandler):
         self, user_id: int, token: str, spool: Spool
     ) -> asyncio.Task[StoredAudio]:
         """Check the credentials (404, 403), then hand the file to the conversion pool."""
-        check = await self.run_db(check_token, user_id, token)
-        if check == "unknown_user":
-            raise ApiError(404, f"there is no user {user_id}")
-        if check == "wrong_token":
-            raise ApiError(403, "the token does not belong to this user")
+        await authenticate(self, user_id, token)
         return self._convert_later(spool)
 
     def _convert_later(self, spool: Spool) -> asyncio.Task[StoredAudio]:
@@ -208,9 +235,6 @@ class RecordUploadHandler(BaseHandler):
         except OSError as error:
             log.error("cannot store a conversion: %s", error)
             raise ApiError(503, "the record cannot be stored right now", headers=RETRY_AFTER) from None
-
-    def _public_base(self) -> str:
-        return self.config.public_url or f"{self.request.protocol}://{self.request.host}"
 
     def on_connection_close(self) -> None:
         """The client went away: stop its conversion at once (nobody will get the link). While the
@@ -276,11 +300,7 @@ class RecordDownloadHandler(StaticBaseHandler):
 
     async def get(self, include_body: bool = True) -> None:  # type: ignore[override]
         """Look the record up, then let StaticFileHandler send it."""
-        try:
-            record_id = uuid.UUID(self.query_text("id") or "")
-        except ValueError:
-            raise invalid("id", "must be a record UUID") from None
-        user_id = parse_user_id(self.query_text("user"))
+        record_id, user_id = self.record_and_user()
         record = await self.run_db(find_record, record_id, user_id)
         if record is None:
             raise ApiError(404, "there is no such record for this user")
@@ -316,3 +336,43 @@ class RecordDownloadHandler(StaticBaseHandler):
         """Download as a file named after the upload; immutable, so caching is safe."""
         self.set_header("Content-Disposition", content_disposition(self._record["original_name"]))
         self.set_header("Cache-Control", "private, max-age=31536000, immutable")
+
+    def record_and_user(self) -> tuple[uuid.UUID, int]:
+        """The `id` and `user` query parameters; 422 when one is missing or malformed."""
+        try:
+            record_id = uuid.UUID(self.query_text("id") or "")
+        except ValueError:
+            raise invalid("id", "must be a record UUID") from None
+        return record_id, parse_user_id(self.query_text("user"))
+
+    async def delete(self) -> None:
+        """Delete the record (the user's Bearer token): its row, then its file; 204."""
+        record_id, user_id = self.record_and_user()
+        await authenticate(self, user_id, required_bearer_token(self))
+        with self.busy():  # once the row is gone, the file goes too, even if the client does not wait
+            path = await self.run_db(delete_record, record_id, user_id)
+            if path is None:
+                raise ApiError(404, "there is no such record for this user")
+            try:
+                await asyncio.get_running_loop().run_in_executor(self.io_executor, self.media.remove, path)
+            except OSError as error:
+                # The record is gone all the same; its file is an orphan, which the sweep removes.
+                log.error("cannot delete the file of a deleted record: %s", error)
+        self.set_status(204)
+        self.finish()
+
+
+class UserRecordsHandler(BaseHandler):
+    """GET /users/<id>/records: the user's records, newest first, with their download links."""
+
+    async def get(self, user_id: str) -> None:
+        """One page of the user's records (the user's Bearer token)."""
+        limit, offset = self.page_query()
+        token = required_bearer_token(self)
+        if len(user_id) > 18:  # as GET /users/<id>: no such user
+            raise ApiError(404, f"there is no user {user_id}")
+        await authenticate(self, int(user_id), token)
+        items, total = await self.run_db(list_user_records, int(user_id), limit, offset)
+        for item in items:
+            item["url"] = download_url(self, item["id"], int(user_id))
+        self.write_json({"items": items, "total": total})

@@ -7,6 +7,7 @@ from typing import Any
 
 from database import in_transaction, with_connection
 from models import Record
+from quiz.repository import iso8601
 from records.storage import StoredAudio
 
 
@@ -36,3 +37,38 @@ def find_record(record_id: uuid.UUID, user_id: int) -> dict[str, Any] | None:
     if record is None:
         return None
     return {"id": str(record.id), "path": record.path, "original_name": record.original_name}
+
+
+@with_connection
+def list_user_records(user_id: int, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """One page of a user's records, newest first (id, original_name, size, duration, created_at),
+    and how many the user has."""
+    of_user = Record.user == user_id
+    rows: Any = (
+        Record.select(Record.id, Record.original_name, Record.size, Record.duration, Record.created_at)
+        .where(of_user)
+        .order_by(Record.created_at.desc(), Record.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    page = [
+        {
+            "id": str(record_id),
+            "file_name": name,
+            "size": size,
+            "duration": duration,
+            "created_at": iso8601(created_at),
+        }
+        for record_id, name, size, duration, created_at in rows.tuples()
+    ]
+    return page, Record.select().where(of_user).count()
+
+
+# Committed before the file is removed: a crash in between leaves a file without a row (swept),
+# never a row without its file.
+@in_transaction
+def delete_record(record_id: uuid.UUID, user_id: int) -> str | None:
+    """Delete the user's record; its file's relative path, or None when there was no such record."""
+    query = Record.delete().where((Record.id == record_id) & (Record.user == user_id)).returning(Record.path)
+    row: tuple[str] | None = next(iter(query.tuples().execute()), None)
+    return row[0] if row else None

@@ -20,13 +20,14 @@ def test_openapi_document_is_valid():
 
 
 def test_contract_check_accepts_a_right_answer():
-    check_response("GET", "http://localhost/health", None, 200, JSON, b'{"status": "ok"}')
+    check_response("GET", "http://localhost/health", None, 200, JSON, b'{"status": "ok", "version": "1.0"}')
 
 
 @pytest.mark.parametrize(
     ("status", "body"),
     [
-        (200, b'{"status": "ok", "extra": 1}'),
+        (200, b'{"status": "ok", "version": "1.0", "extra": 1}'),
+        (200, b'{"status": "ok"}'),
         (200, b'{"state": "ok"}'),
         (200, b"[]"),
         (418, b'{"status": "ok"}'),

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import tomllib
 from urllib.parse import urlsplit, urlunsplit
 
 import psutil
@@ -35,7 +36,8 @@ DEAD_DATABASE = "postgresql://postgres@127.0.0.1:1/nothing"
 async def test_health_is_ok_when_the_database_answers(base_url):
     reply = await call(base_url, "GET", "/health")
     assert reply.status == 200
-    assert reply.json == {"status": "ok"}
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert reply.json == {"status": "ok", "version": version}
 
 
 @pytest.mark.gen_test

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
 import struct
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.audio import upload_form
+from tests.audio import make_wav, upload_form
 from tests.support import ROOT, ServerProcess, call, serve_process, sql, standin_process
 
 BIN = Path(sys.executable).parent
@@ -38,10 +39,13 @@ def stack(
 
 def test_schemathesis_finds_no_failure(stack):
     server, _ = stack
+    user = asyncio.run(call(server.base_url, "POST", "/users", {"name": "schemathesis"})).json
+    assert post_upload(server.base_url, upload_form(user, make_wav(0.2))) == 201
+    env = {**os.environ, "SCHEMATHESIS_USER": str(user["id"]), "SCHEMATHESIS_TOKEN": user["token"]}
     config = ROOT / "tests" / "schemathesis.toml"
     command = [str(BIN / "schemathesis"), "--config-file", str(config), "run", str(ROOT / "openapi.yaml")]
     command += ["--url", server.base_url]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=170)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=170, env=env)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
     assert " 500 " not in server.log

@@ -46,6 +46,7 @@ def test_a_sweep_removes_what_a_killed_instance_left(tmp_path):
     child.start()
     assert ready.wait(30)
     assert sweep_dead_instances(tmp_path) == 0  # still running
+    assert child.pid is not None
     os.kill(child.pid, signal.SIGKILL)
     child.join(30)
     assert sweep_dead_instances(tmp_path) == 1
