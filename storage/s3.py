@@ -72,7 +72,7 @@ class S3Store:
         config = Config(
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=read_timeout,
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
             max_pool_connections=MAX_CONNECTIONS,
             # S3-compatible servers are reached by path (http://host/bucket/key): their names
             # rarely resolve as bucket.host. AWS itself gets its virtual-host addressing.

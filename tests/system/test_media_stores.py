@@ -4,9 +4,11 @@ failures, its settings, its credentials."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import socket
+import threading
 import time
 import tracemalloc
 import uuid
@@ -54,8 +56,11 @@ def wait_for(check: Callable[[], Any], deadline: float = 10.0) -> Any:
 
 def within(seconds: float, work: Callable[[], Any]) -> Any:
     """Run `work` on a thread and return its result; fail the test if it has not ended in `seconds`."""
-    with ThreadPoolExecutor(1) as pool:
+    pool = ThreadPoolExecutor(1)
+    try:
         return pool.submit(work).result(timeout=seconds)
+    finally:
+        pool.shutdown(wait=False)  # a call that hangs fails the test now, not when it ends
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -228,13 +233,35 @@ def stopped_endpoint() -> Iterator[str]:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
+class SilentServer:
+    """A loopback server that takes connections and never answers: a store that hangs."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections: list[socket.socket] = []
+        self.running = True
+        self.thread = threading.Thread(target=self._accept)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while self.running:
+            with contextlib.suppress(TimeoutError):
+                self.connections.append(self.listener.accept()[0])
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join()
+        for connection in [*self.connections, self.listener]:
+            connection.close()
+
+
 @pytest.fixture
-def silent_endpoint() -> Iterator[str]:
-    """A loopback address that takes connections and never answers: a store that hangs."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)  # the kernel completes the handshakes; nobody ever reads
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
 
 
 def test_a_stopped_store_is_unavailable_and_the_scratch_file_is_gone(stopped_endpoint, tmp_path):
@@ -248,16 +275,18 @@ def test_a_stopped_store_is_unavailable_and_the_scratch_file_is_gone(stopped_end
             within(HANG_SECONDS, call)
 
 
-def test_a_silent_store_times_out_instead_of_hanging(silent_endpoint, tmp_path):
+def test_a_silent_store_times_out_after_a_bounded_number_of_tries(silent_server, tmp_path):
     store = S3Store.connect(
-        "media", silent_endpoint, credentials=("key", "secret"), read_timeout=0.5, max_attempts=2
+        "media", silent_server.url, credentials=("key", "secret"), read_timeout=0.5, max_attempts=2
     )
     scratch = scratch_file(tmp_path, b"mp3")
     with pytest.raises(StorageUnavailable, match="Read timeout"):
         within(HANG_SECONDS, lambda: store.put(scratch, new_key()))
     assert not scratch.exists()
+    assert len(silent_server.connections) == 2  # one per try: each timed-out connection is dropped
     with pytest.raises(StorageUnavailable, match="Read timeout"):
         within(HANG_SECONDS, lambda: list(store.read(new_key(), 0, 10)))
+    assert len(silent_server.connections) == 4
 
 
 @pytest.mark.parametrize(
