@@ -5,7 +5,6 @@ per store, shared by the executor's threads (boto3 clients are thread-safe)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from config import Settings
 from storage import CHUNK_BYTES, StorageFull, StorageUnavailable
+from storage.local import KEY
 
 if TYPE_CHECKING:
     from types_boto3_s3.client import S3Client
@@ -42,9 +42,6 @@ FULL_CODES = frozenset(
     {"QuotaExceeded", "EntityTooLarge", "XMinioStorageFull", "XMinioAdminBucketQuotaExceeded"}
 )
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
-# Only keys of the service's own shape are ever listed, hence ever swept: a bucket that also holds
-# other objects by mistake does not lose them.
-OWN_KEY = re.compile(r"[0-9a-f]{2}/[^/]+\.mp3")
 
 
 class S3Store:
@@ -147,7 +144,9 @@ class S3Store:
         with _translated(f"bucket {self.bucket}"):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
                 for item in page.get("Contents", []):
-                    if item["LastModified"] < cutoff and OWN_KEY.fullmatch(item["Key"]):
+                    # Only keys of the service's shape, as in the local store: a bucket that also
+                    # holds other objects by mistake does not lose them to the sweep.
+                    if item["LastModified"] < cutoff and KEY.fullmatch(item["Key"]):
                         yield item["Key"]
 
 
