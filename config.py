@@ -49,6 +49,10 @@ class Settings:
     workers: int = 1
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
+    media_store: str = "local"  # "local": the media directory; "s3": an S3-compatible bucket
+    s3_endpoint_url: str | None = None  # None: AWS itself
+    s3_bucket: str | None = None
+    s3_region: str | None = None  # None: AWS_REGION, AWS_DEFAULT_REGION or the profile's, else us-east-1
 
     @property
     def media_root(self) -> Path:
@@ -134,6 +138,18 @@ def _networks(value: str) -> tuple[Network, ...]:
         raise ValueError("must be IP addresses or CIDR networks, separated by commas") from None
 
 
+def _media_store(value: str) -> str:
+    if value.strip() not in ("local", "s3"):
+        raise ValueError("must be local or s3")
+    return value.strip()
+
+
+def _bucket(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value.strip()):
+        raise ValueError("must be an S3 bucket name: 3 to 63 lowercase letters, digits, dots and hyphens")
+    return value.strip()
+
+
 # Every environment variable the service reads: (Settings field, parser).
 VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DATABASE_URL": ("database_url", _postgres_url),
@@ -163,6 +179,10 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WORKERS": ("workers", _int_in(1, 64)),
     "CORS_ORIGINS": ("cors_origins", _origins),
     "TRUSTED_PROXIES": ("trusted_proxies", _networks),
+    "MEDIA_STORE": ("media_store", _media_store),
+    "S3_ENDPOINT_URL": ("s3_endpoint_url", _http_url),
+    "S3_BUCKET": ("s3_bucket", _bucket),
+    "S3_REGION": ("s3_region", _text),
 }
 
 
@@ -178,4 +198,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             values[field_name] = parse(raw)
         except ValueError as error:
             raise ConfigError(f"{name}={raw!r}: {error}") from None
+    if values.get("media_store") == "s3" and "s3_bucket" not in values:
+        raise ConfigError("S3_BUCKET: must be set when MEDIA_STORE=s3")
     return Settings(**values)

