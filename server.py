@@ -30,18 +30,18 @@ from handlers import ROUTES
 from handlers.base import MAX_JSON_BYTES, NotFoundHandler
 from handlers.docs import load_openapi_document
 from models import database
-from quiz.repository import insert_new_questions
-from quiz.shared import SharedUpstream
-from quiz.upstream import MAX_ANSWER_BYTES, JServiceClient
-from records.repository import record_paths
+from queries.questions import insert_new_questions
+from queries.records import record_paths
+from queries.users import create_users
 from records.storage import MediaStore
 from runtime import InFlight, first_line, log_request
-from users.repository import create_users
+from upstream.client import MAX_ANSWER_BYTES, JServiceClient
+from upstream.sharing import SharedUpstream
 
 log = logging.getLogger("server")
 
 UPSTREAM_MAX_CLIENTS = 100
-# Concurrent POST /questions requests share this many upstream calls at a time (quiz/shared.py):
+# Concurrent POST /questions requests share this many upstream calls at a time (upstream/sharing.py):
 # enough that an ask rarely waits for a free call, few enough that the upstream sees large calls.
 UPSTREAM_CALLS_IN_FLIGHT = 8
 LISTEN_BACKLOG = 1024

@@ -27,11 +27,11 @@ from converters.pool import ConversionPool
 from database import DatabaseUnavailable
 from handlers.forwarded import Client, client_of
 from handlers.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER, ApiError, invalid, phrase
-from quiz.repository import QuestionDict
-from quiz.shared import SharedUpstream
-from quiz.upstream import Clue
+from queries.questions import QuestionDict
 from records.storage import MediaStore
 from runtime import InFlight, first_line
+from upstream.client import Clue
+from upstream.sharing import SharedUpstream
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -6,8 +6,8 @@ from typing import Any
 
 from handlers.base import BaseHandler
 from handlers.problems import ApiError, invalid, sole_field
-from quiz.repository import latest_question, list_questions
-from quiz.service import Budget, QuestionsShortfall, QuestionStore, store_new_questions
+from queries.questions import latest_question, list_questions
+from upstream.collect import Budget, QuestionsShortfall, QuestionStore, store_new_questions
 
 SHORTFALL_STATUS = {"bad_gateway": 502, "timeout": 504, "no_new_questions": 503}
 

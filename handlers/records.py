@@ -17,16 +17,16 @@ from tornado import httputil
 from tornado.web import HTTPError
 
 from converters.mp3 import ConversionFailed, ConversionInterrupted, GaveWay
+from converters.spool import Spool, UploadStopped
 from converters.wav import InvalidWav, NotWav
 from handlers.base import BaseHandler
+from handlers.filenames import content_disposition, sanitize_filename
+from handlers.multipart import MalformedForm, StreamingForm
 from handlers.problems import RETRY_AFTER, ApiError, invalid
 from handlers.static import StaticBaseHandler
-from records.names import content_disposition, sanitize_filename
-from records.repository import delete_record, find_record, insert_record, list_user_records
-from records.spool import Spool, UploadStopped
+from queries.records import delete_record, find_record, insert_record, list_user_records
+from queries.users import check_token
 from records.storage import StoredAudio, convert_into_store
-from records.upload import MalformedForm, StreamingForm
-from users.repository import check_token
 
 log = logging.getLogger(__name__)
 

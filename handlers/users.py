@@ -7,7 +7,7 @@ from typing import Any
 from database import storable_text
 from handlers.base import BaseHandler
 from handlers.problems import ApiError, invalid, sole_field
-from users.repository import find_user
+from queries.users import find_user
 
 MAX_NAME_CHARS = 100
 

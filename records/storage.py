@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters.mp3 import Mp3Settings, convert_wav_to_mp3, wait_until
+from converters.spool import Spool
 from converters.wav import InvalidWav, WavInfo, read_wav_info
-from records.spool import Spool
 
 log = logging.getLogger(__name__)
 

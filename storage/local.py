@@ -24,16 +24,20 @@ class LocalStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def put(self, scratch: Path, key: str) -> None:
-        """Make `scratch` durable and rename it to `key`."""
+        """Make `scratch` durable and rename it to `key`; on failure neither file is left."""
         final = self._path(key)
         try:
+            with scratch.open("rb+") as handle:
+                os.fsync(handle.fileno())
             if not final.parent.exists():
                 final.parent.mkdir(exist_ok=True)
                 _fsync(self.root)  # the new folder must survive a power loss with its file
-            with scratch.open("rb+") as handle:
-                os.fsync(handle.fileno())
             os.replace(scratch, final)
-            _fsync(final.parent)
+            try:
+                _fsync(final.parent)
+            except OSError:
+                final.unlink(missing_ok=True)  # no row will point at it: do not keep it
+                raise
         except OSError as error:
             scratch.unlink(missing_ok=True)
             if error.errno in FULL:

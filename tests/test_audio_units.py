@@ -26,10 +26,10 @@ from converters.mp3 import (
 )
 from converters.pool import ConversionPool
 from converters.scheduling import schedule_as_batch_work
+from converters.spool import Spool, UploadStopped
 from converters.wav import read_wav_info
+from handlers.filenames import content_disposition, sanitize_filename
 from handlers.static import READ_CHUNK_BYTES, StaticBaseHandler
-from records.names import content_disposition, sanitize_filename
-from records.spool import Spool, UploadStopped
 from records.storage import MediaStore, stop_processes_using
 from tests.audio import silent_wav
 from tests.support import evict_from_memory, pages_in_memory

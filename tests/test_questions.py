@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from quiz.repository import insert_new_questions
-from quiz.shared import SharedUpstream
-from quiz.upstream import Clue, JServiceClient, UpstreamError, parse_clue, parse_retry_after
+from queries.questions import insert_new_questions
 from tests.support import assert_problem, call, sql
+from upstream.client import Clue, JServiceClient, UpstreamError, parse_clue, parse_retry_after
+from upstream.sharing import SharedUpstream
 
 
 async def post_questions(base_url: str, count: int):

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from quiz.repository import QuestionDict
-from quiz.upstream import MAX_BATCH, Clue, RandomClues, UpstreamError
+from queries.questions import QuestionDict
+from upstream.client import MAX_BATCH, Clue, RandomClues, UpstreamError
 
 Shortfall = Literal["timeout", "bad_gateway", "no_new_questions"]
 

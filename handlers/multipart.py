@@ -9,7 +9,7 @@ from collections.abc import Collection
 from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from records.spool import Spool
+from converters.spool import Spool
 
 MAX_FIELD_BYTES = 1024
 MAX_HEADER_BYTES = 8 * 1024

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from batching import Batcher
-from quiz.upstream import MAX_BATCH, Clue, JServiceClient, UpstreamError
+from upstream.client import MAX_BATCH, Clue, JServiceClient, UpstreamError
 
 Ask = tuple[int, float]  # (count, timeout in seconds)
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from database import with_connection
 from models import User, database
-from quiz.repository import iso8601
+from queries.questions import iso8601
 
 TokenCheck = Literal["ok", "unknown_user", "wrong_token"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from database import with_connection
 from models import Question, database
-from quiz.upstream import Clue
+from upstream.client import Clue
 
 QuestionDict = dict[str, Any]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from database import in_transaction, with_connection
 from models import Record
-from quiz.repository import iso8601
+from queries.questions import iso8601
 from records.storage import StoredAudio
 
 

@@ -1,1 +1,0 @@
-"""Quiz questions: fetched from a jService-compatible upstream and stored without duplicates."""
