@@ -21,7 +21,7 @@ from batching import Batcher
 from config import Settings
 from converters.mp3 import Mp3Settings
 from converters.pool import ConversionPool
-from handlers.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER, ApiError, invalid, phrase
+from handlers.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER, ApiError, invalid, phrase, problem_document
 from models import DatabaseUnavailable
 from quiz.repository import QuestionDict
 from quiz.shared import SharedUpstream
@@ -126,8 +126,9 @@ class BaseHandler(RequestHandler):
         """Count the request and refuse a declared body over the cap before reading it."""
         self.in_flight.enter()
         self._counted = True
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and ASCII_INTEGER.fullmatch(declared) and int(declared) > self.max_body_bytes:
+        declared = self.request.headers.get("Content-Length", "")
+        # Only decimal digits get here (connections.RequestGuard); any number of them.
+        if declared.isdecimal() and (len(declared) > 19 or int(declared) > self.max_body_bytes):
             raise self.body_too_large()
 
     async def data_received(self, chunk: bytes) -> None:
@@ -262,22 +263,16 @@ class BaseHandler(RequestHandler):
 
     def write_problem(self, status_code: int, detail: str, extra: dict[str, Any] | None = None) -> None:
         """Finish with an RFC 9457 problem document."""
-        problem = {
-            "type": "about:blank",
-            "title": phrase(status_code),
-            "status": status_code,
-            "detail": detail,
-        }
         self.set_status(status_code)
         self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Type", PROBLEM_CONTENT_TYPE)
         body_read: Future[None] | None = getattr(self.request, "_body_future", None)
         if body_read is not None and not body_read.done():
-            # Answered before the body is in: Tornado will close the connection, so say so
-            # (RFC 9112 9.6), or a keep-alive client would send its next request into a dead socket.
+            # Answered before the body is in: the connection is closed after this answer (the
+            # rest of the body is read and dropped first: connections.py), so say so (RFC 9112
+            # 9.6), or a keep-alive client would send its next request into a closing socket.
             self.set_header("Connection", "close")
-        # ASCII escapes, so that even a field name with a lone surrogate can be reported.
-        self.finish(json.dumps({**problem, **(extra or {})}).encode())
+        self.finish(problem_document(status_code, detail, extra))
 
     def _problem_detail(self, status_code: int, error: BaseException | None) -> str:
         if isinstance(error, ApiError):
