@@ -12,7 +12,7 @@ ROUTES: list[tuple[str, Any] | tuple[str, Any, dict[str, Any]]] = [
     (r"/health", HealthHandler),
     (r"/questions", QuestionsHandler),
     (r"/users", UsersHandler),
-    (r"/users/([0-9]+)", UserHandler),
+    (r"/users/([1-9][0-9]*)", UserHandler),
     (r"/records", RecordUploadHandler),
     (r"/record", RecordDownloadHandler),
     (r"/openapi.yaml", OpenApiHandler, {"as_json": False}),

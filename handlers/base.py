@@ -35,7 +35,13 @@ R = TypeVar("R")
 log = logging.getLogger("api")
 
 MAX_JSON_BYTES = 64 * 1024
-ASCII_INTEGER = re.compile(r"-?[0-9]{1,19}")
+# A whole number as the service takes it everywhere (query parameters, form fields, path ids): ASCII
+# digits without sign, spaces or leading zeros. 19 digits are more than any bound it checks.
+CANONICAL_INTEGER = re.compile(r"0|[1-9][0-9]{0,18}")
+# JSON integers longer than this are out of every range (Python refuses to read 4,300 digits and
+# more); they are read as this number, out of range too.
+MAX_JSON_DIGITS = 30
+JSON_OUT_OF_RANGE = int("1" + "0" * MAX_JSON_DIGITS)
 
 
 @stream_request_body
@@ -205,9 +211,19 @@ class BaseHandler(RequestHandler):
             self.in_flight.leave()
 
     def json_object(self) -> dict[str, Any]:
-        """The request body as a JSON object; 400 when it is not one."""
+        """The request body as a JSON object: 415 when it comes with a content coding, 400 when it
+        is not a JSON object, 422 naming a key that appears twice in one object."""
+        coding = self.request.headers.get("Content-Encoding", "").strip()
+        if coding.lower() not in ("", "identity"):
+            raise ApiError(
+                415,
+                f"the request body is {coding}-coded; send it as plain JSON, with no Content-Encoding",
+                headers={"Accept-Encoding": "identity"},
+            )
         try:
-            body = json.loads(self._body)
+            body = json.loads(self._body, object_pairs_hook=_unique_keys, parse_int=_json_integer)
+        except DuplicateKey as duplicate:
+            raise invalid(duplicate.key, "must be given only once") from None
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise ApiError(400, "the request body is not valid JSON") from None
         if not isinstance(body, dict):
@@ -215,16 +231,19 @@ class BaseHandler(RequestHandler):
         return body
 
     def query_text(self, name: str) -> str | None:
-        """The last value of a query parameter (undecodable bytes replaced), or None."""
+        """The value of a query parameter (undecodable bytes replaced), or None; 422 when it is
+        given more than once."""
         values = self.request.query_arguments.get(name)
-        return values[-1].decode("utf-8", "replace").strip() if values else None
+        if values and len(values) > 1:
+            raise invalid(name, "must be given only once")
+        return values[0].decode("utf-8", "replace") if values else None
 
     def query_int(self, name: str, default: int, minimum: int, maximum: int) -> int:
-        """An integer query parameter within bounds; 422 otherwise."""
+        """An integer query parameter within bounds, written canonically; 422 otherwise."""
         raw = self.query_text(name)
         if raw is None:
             return default
-        if not ASCII_INTEGER.fullmatch(raw) or not minimum <= int(raw) <= maximum:
+        if not CANONICAL_INTEGER.fullmatch(raw) or not minimum <= int(raw) <= maximum:
             raise invalid(name, f"must be an integer from {minimum} to {maximum}")
         return int(raw)
 
@@ -292,6 +311,32 @@ class BaseHandler(RequestHandler):
             for method in self.SUPPORTED_METHODS
             if getattr(type(self), method.lower()) is not getattr(RequestHandler, method.lower())
         ]
+
+
+class DuplicateKey(Exception):
+    """A JSON object has the same key twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object from its key-value pairs; raises DuplicateKey (json.loads keeps the last)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _json_integer(digits: str) -> int:
+    """A JSON integer; one too long to be in any range stands for a number out of range, so it is
+    answered with 422 rather than Python's refusal to read it (which would be a 400)."""
+    if len(digits.lstrip("-")) <= MAX_JSON_DIGITS:
+        return int(digits)
+    return -JSON_OUT_OF_RANGE if digits.startswith("-") else JSON_OUT_OF_RANGE
 
 
 class NotFoundHandler(BaseHandler):

@@ -36,12 +36,13 @@ USER_ID = re.compile(r"[1-9][0-9]{0,17}")
 
 
 def parse_user_id(raw: str | None, field: str = "user") -> int:
-    """A user id from a form field or query argument; 422 when missing or not a positive integer."""
+    """A user id from a form field or query argument; 422 when missing or not a positive integer
+    written canonically (no sign, spaces or leading zeros)."""
     if raw is None or raw == "":
         raise invalid(field, "is required")
-    if not USER_ID.fullmatch(raw.strip()):
+    if not USER_ID.fullmatch(raw):
         raise invalid(field, "must be a positive integer")
-    return int(raw.strip())
+    return int(raw)
 
 
 class RecordUploadHandler(BaseHandler):
@@ -161,7 +162,9 @@ class RecordUploadHandler(BaseHandler):
         self.write_json({"id": str(audio.record_id), "user": user_id, "url": url}, status=201)
 
     def _credentials(self, form: StreamingForm) -> tuple[int, str]:
-        """The user id and token of the upload; 422 when one is missing or malformed."""
+        """The user id and token of the upload; 422 when one is missing, malformed or sent twice."""
+        if form.repeated:
+            raise invalid(min(form.repeated), "must be sent only once")
         user_id = parse_user_id(form.fields.get("user"))
         header = BEARER.match(self.request.headers.get("Authorization", ""))
         token = header.group(1) if header else form.fields.get("token")

@@ -205,7 +205,6 @@ async def test_only_known_questions_upstream_is_503_and_keeps_what_was_stored(ba
     "body",
     [
         {"questions_num": "3"},
-        {"questions_num": 3.0},
         {"questions_num": 2.5},
         {"questions_num": True},
         {"questions_num": None},
