@@ -125,7 +125,7 @@ class ServiceHTTPServer(HTTPServer):
         self.lingering.close_all()
 
 
-def make_server(app: Application, settings: Settings) -> HTTPServer:
+def make_server(app: Application, settings: Settings) -> ServiceHTTPServer:
     """An HTTP server for `app` with the service's connection limits. Tornado uses the idle timeout
     for a request's headers too, so a client sending them a byte at a time is dropped after it."""
     return ServiceHTTPServer(
