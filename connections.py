@@ -53,9 +53,9 @@ def problem_response(status: int, detail: str) -> bytes:
 
 
 def framing_problem(headers: httputil.HTTPHeaders) -> str | None:
-    """What is wrong with how a request's headers frame its body (RFC 9112 6), or None. Tornado
-    refuses the same requests, with a bare 400; only its unlimited CL digits are let through here,
-    so that the handler answers them with 413."""
+    """What is wrong with how a request's headers frame its body (RFC 9112 6), or None: what
+    Tornado refuses (with a bare 400, once a handler has started), except a Content-Length over a
+    cap, which the handler answers with 413."""
     length = headers.get("Content-Length")
     coding = headers.get("Transfer-Encoding")
     if length is not None and coding is not None:
