@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+from tornado import httputil
 from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream
@@ -21,6 +22,7 @@ from tornado.web import Application
 
 from batching import Batcher, on_executor
 from config import ConfigError, Settings, load_settings
+from connections import MAX_HEAD_BYTES, Lingering, RequestGuard, ServiceStream
 from converters.ffmpeg import find_ffmpeg
 from converters.mp3 import Mp3Settings
 from converters.pool import ConversionPool
@@ -88,7 +90,13 @@ def make_app(settings: Settings) -> Application:
 
 
 class ServiceHTTPServer(HTTPServer):
-    """Tornado's HTTP server reading sockets SOCKET_READ_BYTES at a time, except for uploads."""
+    """Tornado's HTTP server on ServiceStreams (connections.py): a lingering close after answers
+    sent before the body was read, problem documents for requests Tornado cannot parse; sockets
+    are read SOCKET_READ_BYTES at a time, except for uploads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lingering = Lingering()
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         """Serve a new connection."""
@@ -96,17 +104,36 @@ class ServiceHTTPServer(HTTPServer):
         # at the body piece size (1 MiB) that memset was 8% of the CPU samples of POST /users, and
         # 64 KiB reads cost 4% less CPU per request in interleaved runs. The upload handler reads
         # its body in body-sized pieces (RecordUploadHandler.prepare).
-        stream.read_chunk_size = SOCKET_READ_BYTES
-        super().handle_stream(stream, address)
+        service_stream = ServiceStream(
+            stream.socket,
+            self.lingering,
+            max_buffer_size=stream.max_buffer_size,
+            read_chunk_size=SOCKET_READ_BYTES,
+        )
+        super().handle_stream(service_stream, address)
+
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        """The application's delegate for a request, behind a RequestGuard."""
+        delegate = super().start_request(server_conn, request_conn)
+        stream = getattr(request_conn, "stream", None)
+        return RequestGuard(delegate, stream) if isinstance(stream, ServiceStream) else delegate
+
+    async def close_all_connections(self) -> None:
+        """Close every connection, lingering ones included."""
+        await super().close_all_connections()
+        self.lingering.close_all()
 
 
-def make_server(app: Application, settings: Settings) -> HTTPServer:
+def make_server(app: Application, settings: Settings) -> ServiceHTTPServer:
     """An HTTP server for `app` with the service's connection limits. Tornado uses the idle timeout
     for a request's headers too, so a client sending them a byte at a time is dropped after it."""
     return ServiceHTTPServer(
         app,
         # Above every handler's own cap, so handlers answer 413 themselves before Tornado cuts in.
         max_body_size=MAX_JSON_BYTES * 16,
+        max_header_size=MAX_HEAD_BYTES,
         idle_connection_timeout=settings.http_idle_timeout,
         body_timeout=settings.http_body_timeout,
         # Uploads reach the handler in pieces of up to this much (whatever has arrived): fewer,

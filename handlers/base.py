@@ -26,7 +26,7 @@ from converters.mp3 import Mp3Settings
 from converters.pool import ConversionPool
 from database import DatabaseUnavailable
 from handlers.forwarded import Client, client_of
-from handlers.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER, ApiError, invalid, phrase
+from handlers.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER, ApiError, invalid, phrase, problem_document
 from queries.questions import QuestionDict
 from records.storage import MediaStore
 from runtime import InFlight, first_line
@@ -40,13 +40,19 @@ log = logging.getLogger("api")
 
 MAX_JSON_BYTES = 64 * 1024
 MAX_PAGE = 1000
-ASCII_INTEGER = re.compile(r"-?[0-9]{1,19}")
 # A client's X-Request-ID is kept when it looks like an id (it goes into logs as it is).
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 # What browser pages of CORS_ORIGINS may send, and read, beyond what CORS always allows.
 CORS_REQUEST_HEADERS = "Authorization, Content-Type, If-Modified-Since, If-None-Match, Range, X-Request-ID"
 CORS_EXPOSED_HEADERS = "Content-Disposition, Location, Retry-After, X-Request-ID"
 CORS_MAX_AGE_SECONDS = 600
+# A whole number as the service takes it everywhere (query parameters, form fields, path ids): ASCII
+# digits without sign, spaces or leading zeros. 19 digits are more than any bound it checks.
+CANONICAL_INTEGER = re.compile(r"0|[1-9][0-9]{0,18}")
+# JSON integers longer than this are out of every range (Python refuses to read 4,300 digits and
+# more); they are read as this number, out of range too.
+MAX_JSON_DIGITS = 30
+JSON_OUT_OF_RANGE = int("1" + "0" * MAX_JSON_DIGITS)
 
 
 @stream_request_body
@@ -186,8 +192,9 @@ class BaseHandler(RequestHandler):
         self.in_flight.enter()
         self._counted = True
         self.answer_preflight()
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and ASCII_INTEGER.fullmatch(declared) and int(declared) > self.max_body_bytes:
+        declared = self.request.headers.get("Content-Length", "")
+        # Only decimal digits get here (connections.RequestGuard); any number of them.
+        if declared.isdecimal() and (len(declared) > 19 or int(declared) > self.max_body_bytes):
             raise self.body_too_large()
 
     async def data_received(self, chunk: bytes) -> None:
@@ -274,9 +281,19 @@ class BaseHandler(RequestHandler):
             self.in_flight.leave()
 
     def json_object(self) -> dict[str, Any]:
-        """The request body as a JSON object; 400 when it is not one."""
+        """The request body as a JSON object: 415 when it comes with a content coding, 400 when it
+        is not a JSON object, 422 naming a key that appears twice in one object."""
+        coding = self.request.headers.get("Content-Encoding", "").strip()
+        if coding.lower() not in ("", "identity"):
+            raise ApiError(
+                415,
+                f"the request body is {coding}-coded; send it as plain JSON, with no Content-Encoding",
+                headers={"Accept-Encoding": "identity"},
+            )
         try:
-            body = json.loads(self._body)
+            body = json.loads(self._body, object_pairs_hook=_unique_keys, parse_int=_json_integer)
+        except DuplicateKey as duplicate:
+            raise invalid(duplicate.key, "must be given only once") from None
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise ApiError(400, "the request body is not valid JSON") from None
         if not isinstance(body, dict):
@@ -284,16 +301,19 @@ class BaseHandler(RequestHandler):
         return body
 
     def query_text(self, name: str) -> str | None:
-        """The last value of a query parameter (undecodable bytes replaced), or None."""
+        """The value of a query parameter (undecodable bytes replaced), or None; 422 when it is
+        given more than once."""
         values = self.request.query_arguments.get(name)
-        return values[-1].decode("utf-8", "replace").strip() if values else None
+        if values and len(values) > 1:
+            raise invalid(name, "must be given only once")
+        return values[0].decode("utf-8", "replace") if values else None
 
     def query_int(self, name: str, default: int, minimum: int, maximum: int) -> int:
-        """An integer query parameter within bounds; 422 otherwise."""
+        """An integer query parameter within bounds, written canonically; 422 otherwise."""
         raw = self.query_text(name)
         if raw is None:
             return default
-        if not ASCII_INTEGER.fullmatch(raw) or not minimum <= int(raw) <= maximum:
+        if not CANONICAL_INTEGER.fullmatch(raw) or not minimum <= int(raw) <= maximum:
             raise invalid(name, f"must be an integer from {minimum} to {maximum}")
         return int(raw)
 
@@ -337,23 +357,16 @@ class BaseHandler(RequestHandler):
 
     def write_problem(self, status_code: int, detail: str, extra: dict[str, Any] | None = None) -> None:
         """Finish with an RFC 9457 problem document."""
-        problem = {
-            "type": "about:blank",
-            "title": phrase(status_code),
-            "status": status_code,
-            "detail": detail,
-            "request_id": self.request_id,
-        }
         self.set_status(status_code)
         self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Type", PROBLEM_CONTENT_TYPE)
         body_read: Future[None] | None = getattr(self.request, "_body_future", None)
         if body_read is not None and not body_read.done():
-            # Answered before the body is in: Tornado will close the connection, so say so
-            # (RFC 9112 9.6), or a keep-alive client would send its next request into a dead socket.
+            # Answered before the body is in: the connection is closed after this answer (the
+            # rest of the body is read and dropped first: connections.py), so say so (RFC 9112
+            # 9.6), or a keep-alive client would send its next request into a closing socket.
             self.set_header("Connection", "close")
-        # ASCII escapes, so that even a field name with a lone surrogate can be reported.
-        self.finish(json.dumps({**problem, **(extra or {})}).encode())
+        self.finish(problem_document(status_code, detail, {"request_id": self.request_id, **(extra or {})}))
 
     def _problem_detail(self, status_code: int, error: BaseException | None) -> str:
         if isinstance(error, ApiError):
@@ -373,6 +386,32 @@ class BaseHandler(RequestHandler):
             for method in self.SUPPORTED_METHODS
             if getattr(type(self), method.lower()) is not getattr(RequestHandler, method.lower())
         ]
+
+
+class DuplicateKey(Exception):
+    """A JSON object has the same key twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object from its key-value pairs; raises DuplicateKey (json.loads keeps the last)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _json_integer(digits: str) -> int:
+    """A JSON integer; one too long to be in any range stands for a number out of range, so it is
+    answered with 422 rather than Python's refusal to read it (which would be a 400)."""
+    if len(digits.lstrip("-")) <= MAX_JSON_DIGITS:
+        return int(digits)
+    return -JSON_OUT_OF_RANGE if digits.startswith("-") else JSON_OUT_OF_RANGE
 
 
 class NotFoundHandler(BaseHandler):

@@ -23,7 +23,8 @@ class MalformedForm(ValueError):
 
 class StreamingForm:
     """Feeds body chunks to a multipart parser. The first part named `file_field` goes to `spool`;
-    of the other parts only those named in `fields` are kept (up to MAX_FIELD_BYTES each)."""
+    of the other parts only those named in `fields` are kept (up to MAX_FIELD_BYTES each), the
+    first of each name; the names sent more than once are in `repeated`."""
 
     def __init__(self, content_type: str, file_field: str, spool: Spool, fields: Collection[str]) -> None:
         kind, params = parse_options_header(content_type)
@@ -31,6 +32,7 @@ class StreamingForm:
         if kind != b"multipart/form-data" or not boundary:
             raise MalformedForm("the body must be multipart/form-data with a boundary")
         self.fields: dict[str, str] = {}
+        self.repeated: set[str] = set()
         self.filename: str | None = None
         self.file_parts = 0
         self.spool = spool
@@ -131,7 +133,9 @@ class StreamingForm:
             if self._writing:
                 self._writing = False
                 self.spool.complete()
-        elif self._part_name in self._wanted and self._part_name not in self.fields:
+        elif self._part_name in self.fields:
+            self.repeated.add(self._part_name)
+        elif self._part_name in self._wanted:
             self.fields[self._part_name] = self._part_value.decode("utf-8", "replace")
 
     def _on_end(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from http import HTTPStatus
 from typing import Any
 
@@ -46,6 +47,13 @@ def sole_field(body: dict[str, Any], name: str) -> Any:
     if name not in body:
         raise invalid(name, "is required")
     return body[name]
+
+
+def problem_document(status_code: int, detail: str, extra: dict[str, Any] | None = None) -> bytes:
+    """The JSON body of an RFC 9457 problem document."""
+    problem = {"type": "about:blank", "title": phrase(status_code), "status": status_code, "detail": detail}
+    # ASCII escapes, so that even a field name with a lone surrogate can be reported.
+    return json.dumps({**problem, **(extra or {})}).encode()
 
 
 def phrase(status_code: int) -> str:

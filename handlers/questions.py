@@ -13,8 +13,11 @@ SHORTFALL_STATUS = {"bad_gateway": 502, "timeout": 504, "no_new_questions": 503}
 
 
 def parse_questions_num(body: dict[str, Any], maximum: int) -> int:
-    """The validated `questions_num` of a POST /questions body."""
+    """The validated `questions_num` of a POST /questions body: a JSON number without a fraction,
+    as JSON Schema's `integer` (and so openapi.yaml) reads it, `3.0` included."""
     value = sole_field(body, "questions_num")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
         raise invalid("questions_num", f"must be an integer from 0 to {maximum}")
     return value

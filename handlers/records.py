@@ -38,12 +38,13 @@ WWW_AUTHENTICATE = {"WWW-Authenticate": "Bearer"}
 
 
 def parse_user_id(raw: str | None, field: str = "user") -> int:
-    """A user id from a form field or query argument; 422 when missing or not a positive integer."""
+    """A user id from a form field or query argument; 422 when missing or not a positive integer
+    written canonically (no sign, spaces or leading zeros)."""
     if raw is None or raw == "":
         raise invalid(field, "is required")
-    if not USER_ID.fullmatch(raw.strip()):
+    if not USER_ID.fullmatch(raw):
         raise invalid(field, "must be a positive integer")
-    return int(raw.strip())
+    return int(raw)
 
 
 def bearer_token(handler: BaseHandler) -> str | None:
@@ -193,7 +194,9 @@ class RecordUploadHandler(BaseHandler):
         self.write_json({"id": str(audio.record_id), "user": user_id, "url": url}, status=201)
 
     def _credentials(self, form: StreamingForm) -> tuple[int, str]:
-        """The user id and token of the upload; 422 when one is missing or malformed."""
+        """The user id and token of the upload; 422 when one is missing, malformed or sent twice."""
+        if form.repeated:
+            raise invalid(min(form.repeated), "must be sent only once")
         user_id = parse_user_id(form.fields.get("user"))
         token = bearer_token(self) or form.fields.get("token")
         if not token:

@@ -28,6 +28,7 @@ class Behaviour:
     retry_after: str | None = None  # Retry-After header on failures
     garbage: str | None = None  # answer 200 with this body (an HTML page, broken JSON) instead
     hang: bool = False  # never answer
+    redirect_to: str | None = None  # answer 302 with this Location instead
     repeat_in_batch: bool = False  # send every clue of a batch twice
     blank_ids: frozenset[int] = frozenset()  # ids served with an empty question
     requested_counts: list[int] = field(default_factory=list)  # the count of every request seen
@@ -104,6 +105,9 @@ class RandomCluesHandler(RequestHandler):
             if behaviour.retry_after is not None:
                 self.set_header("Retry-After", behaviour.retry_after)
             self.finish({"error": "injected failure"})
+            return
+        if behaviour.redirect_to is not None:
+            self.redirect(behaviour.redirect_to)
             return
         if behaviour.garbage is not None:
             self.set_header("Content-Type", "text/html")

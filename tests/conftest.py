@@ -125,6 +125,7 @@ def http_server(
     server.add_sockets([_unused_port[0]])
     yield server
     server.stop()
+    server.lingering.close_all()  # connections still being closed after a refusal
 
 
 @pytest.fixture

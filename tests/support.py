@@ -252,6 +252,13 @@ async def serve_process(env: Mapping[str, str], log_path: Path, port: int | None
     return server
 
 
+def serve_blocking(database_url: str, directory: Path, **env: str) -> ServerProcess:
+    """`serve_process` for plain (not async) tests: a server on `database_url` with `directory` as
+    its DATA_DIR and no reachable upstream, plus `env`."""
+    base = {"DATABASE_URL": database_url, "JSERVICE_URL": "http://127.0.0.1:9", "DATA_DIR": str(directory)}
+    return asyncio.run(serve_process({**base, **env}, directory / "server.log"))
+
+
 def standin_process(log_path: Path, pool_size: int = 1_000_000) -> tuple[subprocess.Popen[bytes], str]:
     """The jService stand-in as its own process; returns it and its URL once it listens."""
     port = free_port()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import tornado.httpserver
+import tornado.testing
 
+from jservice.standin import Behaviour, make_standin_app
 from queries.questions import insert_new_questions
 from tests.support import assert_problem, call, sql
 from upstream.client import Clue, JServiceClient, UpstreamError, parse_clue, parse_retry_after
@@ -205,7 +208,6 @@ async def test_only_known_questions_upstream_is_503_and_keeps_what_was_stored(ba
     "body",
     [
         {"questions_num": "3"},
-        {"questions_num": 3.0},
         {"questions_num": 2.5},
         {"questions_num": True},
         {"questions_num": None},
@@ -411,8 +413,8 @@ class ScriptedClient(JServiceClient):
 async def test_unusable_items_of_a_shared_call_cost_each_ask_only_its_own_positions():
     upstream = SharedUpstream(ScriptedClient([None, _clue(1), _clue(2), _clue(3), None, None]), 1)
     first, second = await asyncio.gather(upstream.fetch_random(3, 5.0), upstream.fetch_random(3, 5.0))
-    assert [clue.jservice_id for clue in first] == [1, 2]
-    assert [clue.jservice_id for clue in second] == [3]
+    assert [clue and clue.jservice_id for clue in first] == [None, 1, 2]
+    assert [clue and clue.jservice_id for clue in second] == [3, None, None]
 
 
 @pytest.mark.gen_test(timeout=10)
@@ -423,3 +425,40 @@ async def test_a_call_with_under_a_millisecond_left_still_times_out(app, standin
     with pytest.raises(UpstreamError) as failure:
         await client.fetch_random(1, 0.0004)
     assert failure.value.kind == "timeout"
+
+
+UNUSABLE_ITEMS = (
+    '[{"id": "abc", "question": "q", "answer": "a"}, {"id": 1.5, "question": "q", "answer": "a"},'
+    ' {"id": 1180591620717411303424, "question": "q", "answer": "a"},'
+    ' {"id": true, "question": "q", "answer": "a"}, {"id": NaN, "question": "q", "answer": "a"},'
+    ' {"id": 7, "question": "q\\u0000", "answer": "a"}, {"id": 8, "question": "q", "answer": "\\ud800"}]'
+)
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(jservice_max_calls=3)
+@pytest.mark.parametrize(
+    ("answer", "words"), [(UNUSABLE_ITEMS, "only unusable questions"), ("[]", "no questions")]
+)
+async def test_an_upstream_sending_no_usable_question_is_502_saying_so(base_url, db, standin, answer, words):
+    standin.behaviour.garbage = answer
+    problem = assert_problem(await post_questions(base_url, 5), 502)
+    assert words in problem["detail"]
+    assert (problem["saved"], problem["requested"]) == (0, 5)
+    assert stored_ids(db) == []
+
+
+@pytest.mark.gen_test
+async def test_upstream_redirects_are_not_followed(base_url, db, standin):
+    elsewhere = Behaviour()
+    sock, port = tornado.testing.bind_unused_port()
+    server = tornado.httpserver.HTTPServer(make_standin_app(elsewhere))
+    server.add_sockets([sock])
+    try:
+        standin.behaviour.redirect_to = f"http://localhost:{port}/api/random?count=3"
+        problem = assert_problem(await post_questions(base_url, 3), 502)
+        assert "redirect" in problem["detail"]
+        assert len(standin.behaviour.requested_counts) == 1  # not retried either
+        assert elsewhere.requested_counts == []
+    finally:
+        server.stop()

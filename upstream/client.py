@@ -52,8 +52,9 @@ class UpstreamError(Exception):
 class RandomClues(Protocol):
     """Where random clues come from."""
 
-    async def fetch_random(self, count: int, timeout: float) -> list[Clue]:
-        """Up to `count` random clues; raises UpstreamError when there is no usable answer."""
+    async def fetch_random(self, count: int, timeout: float) -> list[Clue | None]:
+        """Up to `count` random clues, None for each unusable item; raises UpstreamError when the
+        answer as a whole is unusable."""
         ...
 
 
@@ -75,8 +76,8 @@ class JServiceClient:
             headers={"Accept": "application/json"},
             connect_timeout=timeout,
             request_timeout=timeout,
-            follow_redirects=True,
-            max_redirects=3,
+            # A redirect is answered 502: followed, it could lead the service's requests anywhere.
+            follow_redirects=False,
         )
         try:
             response = await self._http.fetch(request)
@@ -109,6 +110,13 @@ def _http_failure(error: HTTPClientError) -> UpstreamError:
         return UpstreamError("bad_gateway", f"cannot reach the upstream: {error.message}", transient=True)
     if error.code == 599:
         return UpstreamError("bad_gateway", f"upstream call failed: {error.message}", transient=True)
+    if 300 <= error.code < 400:
+        return UpstreamError(
+            "bad_gateway",
+            f"the upstream answered HTTP {error.code}, a redirect, which the service does not follow"
+            " (set JSERVICE_URL to the address it redirects to)",
+            transient=False,
+        )
     retry_after = None
     if error.code == 429 and error.response is not None:
         retry_after = parse_retry_after(error.response.headers.get("Retry-After"))

@@ -46,12 +46,12 @@ class QuestionsShortfall(Exception):
         self.requested = requested
 
 
-def unique_clues(clues: Iterable[Clue]) -> list[Clue]:
-    """Drop clues whose upstream id already appeared earlier in the same batch."""
+def unique_clues(clues: Iterable[Clue | None]) -> list[Clue]:
+    """Drop unusable items (None) and clues whose upstream id already appeared earlier in the batch."""
     seen: set[int] = set()
     unique = []
     for clue in clues:
-        if clue.jservice_id not in seen:
+        if clue is not None and clue.jservice_id not in seen:
             seen.add(clue.jservice_id)
             unique.append(clue)
     return unique
@@ -102,7 +102,15 @@ async def store_new_questions(
             if saved == 0:
                 previous = before
         saved += stored
-        if stored == 0:
+        if not batch:  # garbage, not a lack of new questions
+            last_problem = "bad_gateway"
+            last_detail = (
+                f"the upstream returned only unusable questions ({len(clues)} without a positive integer"
+                " id, a question and an answer in storable text)"
+                if clues
+                else "the upstream returned no questions"
+            )
+        elif stored == 0:
             last_problem = "no_new_questions"
             last_detail = "the upstream returned only questions that are already stored"
     return previous

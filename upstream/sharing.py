@@ -18,12 +18,12 @@ class SharedUpstream:
 
     def __init__(self, client: JServiceClient, max_calls: int) -> None:
         self._client = client
-        self._calls: Batcher[Ask, list[Clue]] = Batcher(
+        self._calls: Batcher[Ask, list[Clue | None]] = Batcher(
             self._fetch_for, max_calls, MAX_BATCH, weight=lambda ask: ask[0]
         )
 
-    async def fetch_random(self, count: int, timeout: float) -> list[Clue]:
-        """Up to `count` random clues (fewer when the upstream sent unusable ones); raises
+    async def fetch_random(self, count: int, timeout: float) -> list[Clue | None]:
+        """Up to `count` random clues, None for each unusable item the upstream sent; raises
         UpstreamError when the call failed or did not answer within `timeout` seconds."""
         try:
             async with asyncio.timeout(timeout):
@@ -33,13 +33,13 @@ class SharedUpstream:
                 "timeout", f"the upstream did not answer within {timeout:g}s", transient=True
             ) from None
 
-    async def _fetch_for(self, asks: list[Ask]) -> list[list[Clue]]:
+    async def _fetch_for(self, asks: list[Ask]) -> list[list[Clue | None]]:
         items = await self._client.fetch_random(sum(count for count, _ in asks), max(t for _, t in asks))
-        # Sliced by position before unusable items are dropped: each ask gets what it would have
-        # got alone, rather than the last asks bearing every gap.
-        slices: list[list[Clue]] = []
+        # Sliced by position, unusable items included: each ask gets what it would have got alone,
+        # rather than the last asks bearing every gap.
+        slices: list[list[Clue | None]] = []
         offset = 0
         for count, _ in asks:
-            slices.append([clue for clue in items[offset : offset + count] if clue is not None])
+            slices.append(items[offset : offset + count])
             offset += count
         return slices
