@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import functools
 import logging
 import re
@@ -77,6 +78,20 @@ def download_url(handler: BaseHandler, record_id: str, user_id: int) -> str:
     return f"{handler.public_base()}/record?id={record_id}&user={user_id}"
 
 
+def storage_failed(error: OSError, what: str) -> ApiError:
+    """The 503 for a failed disk operation: "storage is full" for ENOSPC and EDQUOT; the log has
+    the specifics, the client never sees a path."""
+    log.error("cannot store %s: %s", what, error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ApiError(503, "storage is full, try again later", headers=RETRY_AFTER)
+    return ApiError(503, f"{what} cannot be stored right now", headers=RETRY_AFTER)
+
+
+def stopped_before_conversion() -> ApiError:
+    """The 503 for an upload whose client left before its conversion began."""
+    return ApiError(503, "the upload stopped before its conversion began", headers=RETRY_AFTER)
+
+
 class RecordUploadHandler(BaseHandler):
     """Streams the multipart body to a temporary file and converts it on the conversion pool. When
     the user and token come before the file (as form fields, or the token as a Bearer header), the
@@ -132,8 +147,7 @@ class RecordUploadHandler(BaseHandler):
             except MalformedForm as error:
                 raise ApiError(400, str(error)) from None
             except OSError as error:
-                log.error("cannot write an upload: %s", error)
-                raise ApiError(503, "the upload cannot be stored right now", headers=RETRY_AFTER) from None
+                raise storage_failed(error, "the upload") from None
             if self._conversion is None and form.spool.started and self.conversions.has_idle_thread():
                 try:
                     user_id, token = self._credentials(form)
@@ -164,7 +178,8 @@ class RecordUploadHandler(BaseHandler):
 
     async def _store_upload(self) -> None:
         form = self._form
-        assert form is not None
+        if form is None or self._gone:  # it left while its body was read from the buffer: freed
+            raise stopped_before_conversion()
         with self.busy():
             try:
                 form.finish()
@@ -211,6 +226,8 @@ class RecordUploadHandler(BaseHandler):
         return self._convert_later(spool)
 
     def _convert_later(self, spool: Spool) -> asyncio.Task[StoredAudio]:
+        if self._gone:  # the client left while its credentials were checked: nobody wants the MP3
+            raise stopped_before_conversion()
         self._job = self.conversions.submit(
             functools.partial(
                 convert_into_store, self.media, self.mp3_settings, spool, self.conversions.should_give_way
@@ -226,9 +243,7 @@ class RecordUploadHandler(BaseHandler):
             task = asyncio.current_task()
             if task is not None and task.cancelling():  # this task itself is being cancelled
                 raise
-            raise ApiError(
-                503, "the upload stopped before its conversion began", headers=RETRY_AFTER
-            ) from None
+            raise stopped_before_conversion() from None
         except NotWav as error:
             raise ApiError(415, f"{error}; upload a WAV file") from None
         except (InvalidWav, ConversionFailed) as error:
@@ -236,8 +251,7 @@ class RecordUploadHandler(BaseHandler):
         except (ConversionInterrupted, UploadStopped) as error:
             raise ApiError(503, str(error), headers=RETRY_AFTER) from None
         except OSError as error:
-            log.error("cannot store a conversion: %s", error)
-            raise ApiError(503, "the record cannot be stored right now", headers=RETRY_AFTER) from None
+            raise storage_failed(error, "the record") from None
 
     def on_connection_close(self) -> None:
         """The client went away: stop its conversion at once (nobody will get the link). While the
@@ -317,6 +331,15 @@ class RecordDownloadHandler(StaticBaseHandler):
                 self.io_executor, self.media.load_into_memory, record["path"], start, end
             )
         await super().get(record["path"], include_body)
+
+    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
+        """StaticFileHandler's checks, with a plain 404 when the record's file is missing or is
+        not a regular file: the log names the path, the client never does."""
+        try:
+            return super().validate_absolute_path(root, absolute_path)
+        except HTTPError as error:
+            log.error("record %s: cannot serve %s: %s", self._record["id"], absolute_path, error)
+            raise ApiError(404, "this record's audio file is missing") from None
 
     def requested_range(self) -> tuple[int | None, int | None]:
         """The byte range the Range header asks for, as StaticFileHandler reads it; (None, None) for all."""

@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import signal
+import stat
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,13 +99,17 @@ class MediaStore:
         the page cache, so that reading them next does not wait on the disk."""
         # sendfile(2) to /dev/null reads the pages in without copying them anywhere: about 0.1 ms
         # for a cached 7 MB MP3. Best effort: where it fails (not Linux, a missing file),
-        # StaticFileHandler reads from the disk or answers 404.
+        # StaticFileHandler reads from the disk or answers 404. O_NONBLOCK: opening a FIFO put in
+        # the file's place would wait for a writer forever; only a regular file is read.
         with (
             contextlib.suppress(OSError),
-            self.absolute(relative).open("rb") as file,
+            open(os.open(self.absolute(relative), os.O_RDONLY | os.O_NONBLOCK), "rb") as file,
             open(os.devnull, "wb") as sink,
         ):
-            size = os.fstat(file.fileno()).st_size
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return
+            size = info.st_size
             offset = 0 if start is None else max(0, size + start) if start < 0 else start
             stop = size if end is None else min(end, size)
             while offset < stop:
@@ -118,16 +123,21 @@ class MediaStore:
         self.absolute(relative).unlink(missing_ok=True)
 
     def commit(self, temp: Path, record_id: uuid.UUID) -> str:
-        """Make `temp` durable and move it to its final name; returns the relative path."""
+        """Make `temp` durable and move it to its final name; returns the relative path. Raises
+        OSError (ENOSPC on a full disk, say) and leaves no file at the final name then."""
         relative = f"{record_id.hex[:2]}/{record_id}.mp3"
         final = self.absolute(relative)
+        with temp.open("rb+") as handle:
+            os.fsync(handle.fileno())
         if not final.parent.exists():
             final.parent.mkdir(exist_ok=True)
             _fsync_directory(self.root)  # the new folder must survive a power loss with its file
-        with temp.open("rb+") as handle:
-            os.fsync(handle.fileno())
         os.replace(temp, final)
-        _fsync_directory(final.parent)
+        try:
+            _fsync_directory(final.parent)
+        except BaseException:
+            final.unlink(missing_ok=True)  # no row will point at it: do not keep it
+            raise
         return relative
 
 
@@ -159,7 +169,8 @@ def convert_into_store(
 ) -> StoredAudio:
     """Validate the uploaded WAV, encode it, following the upload while it still arrives, and commit
     the MP3 (blocking; for the conversion pool). Raises NotWav, InvalidWav, ConversionFailed,
-    ConversionInterrupted, UploadStopped or GaveWay (see convert_wav_to_mp3), and leaves no file."""
+    ConversionInterrupted, UploadStopped, GaveWay (see convert_wav_to_mp3) or OSError (ENOSPC or
+    EDQUOT when the disk is full), and leaves no file."""
     wav = _early_wav_info(upload, give_way)
     temp = store.new_temp_path(".mp3")
     try:

@@ -506,16 +506,20 @@ async def test_a_conversion_waiting_for_a_slow_upload_gives_way(
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.settings(convert_workers=1, convert_queue=1)
 async def test_a_queued_conversion_whose_client_leaves_is_dropped(base_url, db, user, app, settings):
+    running = app.settings["mp3"].running._running
     long = asyncio.ensure_future(upload(base_url, user[0], user[1], silent_wav(480.0, 44100, 2)))
     try:
-        await poll(lambda: ffmpeg_running(app))
-        # Every thread is busy: this upload is read whole, then queued; its client leaves meanwhile.
+        (long_ffmpeg,) = await poll(lambda: set(running))
+        # Every thread is busy: this upload is read whole, then queued; its client leaves meanwhile,
+        # at whichever step the server has reached (reading the body, checking the token, queued).
         form = upload_form({"id": user[0], "token": user[1]}, make_wav(0.5))
         _, client = await send_partial(port_of(base_url), upload_head(form), form[0])
         await poll(lambda: app.settings["conversions"].reserved == 2)
         client.close()
         await poll(lambda: app.settings["conversions"].reserved == 1)
-        assert ffmpeg_running(app)  # dropped from the queue while the long conversion still runs
+        # Dropped, its file gone, while the long conversion still runs: never converted after it.
+        assert running == {long_ffmpeg}
+        assert len(list((settings.media_root / ".tmp").glob("*.wav"))) == 1
     finally:
         assert (await long).status == 201
     assert record_count(db) == 1
