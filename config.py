@@ -49,6 +49,7 @@ class Settings:
     workers: int = 1
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
+    orphan_grace_seconds: float = 3600.0
     media_store: str = "local"  # "local": the media directory; "s3": an S3-compatible bucket
     s3_endpoint_url: str | None = None  # None: AWS itself
     s3_bucket: str | None = None
@@ -58,6 +59,12 @@ class Settings:
     def media_root(self) -> Path:
         """Where MP3 files live (MEDIA_DIR, else DATA_DIR/media)."""
         return self.media_dir if self.media_dir is not None else self.data_dir / "media"
+
+    @property
+    def scratch_root(self) -> Path:
+        """Where each instance keeps uploads and MP3s in progress, in a folder of its own: beside
+        the MP3s for the media directory (a rename then puts them in place), else DATA_DIR/scratch."""
+        return self.media_root / ".tmp" if self.media_store == "local" else self.data_dir / "scratch"
 
     @property
     def embedded_db_dir(self) -> Path:
@@ -179,6 +186,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WORKERS": ("workers", _int_in(1, 64)),
     "CORS_ORIGINS": ("cors_origins", _origins),
     "TRUSTED_PROXIES": ("trusted_proxies", _networks),
+    "ORPHAN_GRACE_SECONDS": ("orphan_grace_seconds", _seconds),
     "MEDIA_STORE": ("media_store", _media_store),
     "S3_ENDPOINT_URL": ("s3_endpoint_url", _http_url),
     "S3_BUCKET": ("s3_bucket", _bucket),

@@ -33,10 +33,11 @@ from handlers.base import MAX_JSON_BYTES, NotFoundHandler
 from handlers.docs import load_openapi_document
 from models import database
 from queries.questions import insert_new_questions
-from queries.records import record_paths
+from queries.records import keys_with_rows
 from queries.users import create_users
-from records.storage import MediaStore
 from runtime import InFlight, first_line, log_request
+from storage import open_store, sweep_orphans
+from storage.scratch import Scratch, sweep_dead_instances
 from upstream.client import MAX_ANSWER_BYTES, JServiceClient
 from upstream.sharing import SharedUpstream
 
@@ -50,7 +51,6 @@ LISTEN_BACKLOG = 1024
 CUT_OFF_SECONDS = 5
 IO_THREADS = 4
 BODY_CHUNK_BYTES = 1024 * 1024
-SOCKET_READ_BYTES = 64 * 1024
 USER_BATCH_ITEMS = 256
 QUESTION_BATCH_ROWS = 1000
 
@@ -60,7 +60,6 @@ def make_app(settings: Settings) -> Application:
     if settings.database_url is None:
         raise ValueError("make_app needs settings.database_url")
     bind_database(open_database(settings.database_url, settings.db_pool_size))
-    media = MediaStore(settings.media_root)
     http_client = CurlAsyncHTTPClient(
         force_instance=True, max_clients=UPSTREAM_MAX_CLIENTS, max_body_size=MAX_ANSWER_BYTES
     )
@@ -82,7 +81,8 @@ def make_app(settings: Settings) -> Application:
         jservice=SharedUpstream(JServiceClient(http_client, settings.jservice_url), UPSTREAM_CALLS_IN_FLIGHT),
         conversions=ConversionPool(settings.convert_workers, settings.convert_queue),
         io_executor=ThreadPoolExecutor(IO_THREADS, thread_name_prefix="io"),
-        media=media,
+        store=open_store(settings),
+        scratch=Scratch(settings.scratch_root),
         mp3=Mp3Settings(find_ffmpeg(settings.ffmpeg_binary), settings.mp3_bitrate, settings.convert_timeout),
         openapi=load_openapi_document(),
         in_flight=InFlight(),
@@ -91,8 +91,7 @@ def make_app(settings: Settings) -> Application:
 
 class ServiceHTTPServer(HTTPServer):
     """Tornado's HTTP server on ServiceStreams (connections.py): a lingering close after answers
-    sent before the body was read, problem documents for requests Tornado cannot parse; sockets
-    are read SOCKET_READ_BYTES at a time, except for uploads."""
+    sent before the body was read, problem documents for requests Tornado cannot parse."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -100,15 +99,11 @@ class ServiceHTTPServer(HTTPServer):
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         """Serve a new connection."""
-        # Tornado zero-fills a new buffer of this size for every read, requests being 200 bytes;
-        # at the body piece size (1 MiB) that memset was 8% of the CPU samples of POST /users, and
-        # 64 KiB reads cost 4% less CPU per request in interleaved runs. The upload handler reads
-        # its body in body-sized pieces (RecordUploadHandler.prepare).
         service_stream = ServiceStream(
             stream.socket,
             self.lingering,
             max_buffer_size=stream.max_buffer_size,
-            read_chunk_size=SOCKET_READ_BYTES,
+            read_chunk_size=stream.read_chunk_size,
         )
         super().handle_stream(service_stream, address)
 
@@ -142,20 +137,32 @@ def make_server(app: Application, settings: Settings) -> ServiceHTTPServer:
     )
 
 
-def prepare_storage(settings: Settings) -> MediaStore:
-    """Start-up work, once per service and before any worker listens (blocking): take MEDIA_DIR
-    (the returned store holds its lock for the life of the process), wait for the database and
-    create the tables, then delete what a crash left (temporary files, MP3s without a row)."""
+def prepare_instance(settings: Settings) -> None:
+    """Start-up work, once per instance and before any worker listens (blocking): wait for the
+    database and create the tables, then remove what stopped instances left in scratch space and
+    stored MP3s without a row older than ORPHAN_GRACE_SECONDS."""
     assert settings.database_url is not None
-    media = MediaStore(settings.media_root)
-    media.prepare()
+    sweep_dead_instances(settings.scratch_root)
     bind_database(open_database(settings.database_url, 1))
     try:
         create_tables(settings.db_wait_seconds)
-        media.remove_orphans(record_paths())
+        sweep_orphans(open_store(settings), keys_with_rows, settings.orphan_grace_seconds)
     finally:
         database.close_all()  # workers open their own pools; no connection may cross a fork
-    return media
+
+
+async def sweep_now_and_then(app: Application, grace: float) -> None:
+    """Sweep orphan MP3s once every grace period, for as long as the app runs (on a database thread:
+    it asks the database which keys have rows)."""
+    settings = app.settings
+    while True:
+        await asyncio.sleep(grace)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                settings["db_executor"], sweep_orphans, settings["store"], keys_with_rows, grace
+            )
+        except Exception as error:  # a database or store outage: the next sweep tries again
+            log.warning("orphan sweep failed: %s", first_line(error))
 
 
 def close_app(app: Application) -> None:
@@ -164,7 +171,7 @@ def close_app(app: Application) -> None:
     app.settings["mp3"].running.stop_all()
     app.settings["conversions"].shutdown()
     app.settings["io_executor"].shutdown(wait=True)
-    app.settings["media"].close()
+    app.settings["scratch"].close()
     app.settings["db_executor"].shutdown(wait=True)
     database.close_all()
 
@@ -175,6 +182,7 @@ async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
     app = make_app(settings)
     server = make_server(app, settings)
     server.add_sockets(sockets)
+    sweeping = asyncio.ensure_future(sweep_now_and_then(app, settings.orphan_grace_seconds))
     log.info("listening on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -183,6 +191,7 @@ async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
     await stopping.wait()
     log.info("stopping: no new connections, waiting up to %gs for requests", settings.shutdown_grace_seconds)
     server.stop()
+    sweeping.cancel()
     if not await app.settings["in_flight"].drained(settings.shutdown_grace_seconds):
         log.warning("grace period over with %d requests in flight", app.settings["in_flight"].count)
     await server.close_all_connections()
@@ -269,13 +278,12 @@ def main() -> None:
     if settings.database_url is None:
         settings = replace(settings, database_url=start_embedded_postgres(settings.embedded_db_dir))
     try:
-        media = prepare_storage(settings)
+        prepare_instance(settings)
         if settings.workers > 1:
             sys.exit(run_workers(settings, bind_worker_sockets(settings)))
         asyncio.run(serve(settings, bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)))
     except Exception as error:  # a start-up failure: one line, not a traceback
         sys.exit(f"cannot start: {type(error).__name__}: {first_line(error)}")
-    media.close()
 
 
 if __name__ == "__main__":

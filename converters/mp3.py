@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, NamedTuple, Protocol
 
 from converters.scheduling import starting_batch_work
-from converters.wav import WavInfo
+from converters.wav import InvalidWav, WavInfo, read_wav_info
 
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -28,6 +28,7 @@ SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 # a tenth of what ffmpeg takes) is mostly waiting: it gives its thread away if others need one.
 FOLLOW_BYTES = 256 * 1024
 STARVED_CHECK_SECONDS = 0.1
+HEADER_BYTES = 64 * 1024  # enough for the header of any usual WAV, so encoding can start early
 # ffmpeg's last words are kept: its statistics and errors, 2-4 KiB at -loglevel verbose.
 REPORT_TAIL_BYTES = 16 * 1024
 # Every byte ffmpeg encoded into the MP3, from the statistics it prints at -loglevel verbose.
@@ -380,3 +381,38 @@ def _wait_for_exit(
         readable.poll(min(remaining, STARVED_CHECK_SECONDS) * 1000)
         report.read()
     process.wait(max(deadline - time.monotonic(), STARVED_CHECK_SECONDS))
+
+
+class Converted(NamedTuple):
+    """A finished MP3 in scratch space: its size, and the length of the audio it holds."""
+
+    size: int
+    duration: float
+
+
+def convert_upload(
+    settings: Mp3Settings, upload: GrowingFile, target: Path, give_way: Callable[[], bool]
+) -> Converted:
+    """Check the uploaded WAV's header and encode it into `target`, following the upload while it
+    still arrives (blocking; for the conversion pool). Raises NotWav, InvalidWav, or what
+    convert_wav_to_mp3 raises; `target` is gone then."""
+    try:
+        wav = _early_wav_info(upload, give_way)
+        convert_wav_to_mp3(settings, upload, target, wav, give_way)
+        upload.wait_for(0)  # raises if the upload was abandoned meanwhile: nothing to keep then
+        duration = read_wav_info(upload.path).duration  # of the whole file, now that it is all in
+        return Converted(target.stat().st_size, duration)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def _early_wav_info(upload: GrowingFile, give_way: Callable[[], bool]) -> WavInfo:
+    """The WAV's header from its first bytes. A file that is not a WAV is refused at once; other
+    faults are judged on the whole file (a header chunk larger than HEADER_BYTES, say)."""
+    wait_until(upload, HEADER_BYTES, give_way)
+    try:
+        return read_wav_info(upload.path)
+    except InvalidWav:
+        wait_until(upload, 2**63, give_way)  # until the upload is complete
+        return read_wav_info(upload.path)

@@ -5,7 +5,7 @@ from typing import Any
 from handlers.docs import SWAGGER_UI_DIR, DocsAssetHandler, DocsHandler, OpenApiHandler
 from handlers.health import HealthHandler
 from handlers.questions import QuestionsHandler
-from handlers.records import RecordDownloadHandler, RecordUploadHandler, UserRecordsHandler
+from handlers.records import RecordHandler, RecordUploadHandler, UserRecordsHandler
 from handlers.users import UserHandler, UsersHandler
 
 ROUTES: list[tuple[str, Any] | tuple[str, Any, dict[str, Any]]] = [
@@ -15,7 +15,7 @@ ROUTES: list[tuple[str, Any] | tuple[str, Any, dict[str, Any]]] = [
     (r"/users/([1-9][0-9]*)", UserHandler),
     (r"/users/([1-9][0-9]*)/records", UserRecordsHandler),
     (r"/records", RecordUploadHandler),
-    (r"/record", RecordDownloadHandler),
+    (r"/record", RecordHandler),
     (r"/openapi.yaml", OpenApiHandler, {"as_json": False}),
     (r"/openapi.json", OpenApiHandler, {"as_json": True}),
     (r"/docs", DocsHandler),

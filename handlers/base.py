@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
 import sys
 import uuid
 from asyncio import Future
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from types import TracebackType
@@ -28,8 +27,9 @@ from database import DatabaseUnavailable
 from handlers.forwarded import Client, client_of
 from handlers.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER, ApiError, invalid, phrase, problem_document
 from queries.questions import QuestionDict
-from records.storage import MediaStore
 from runtime import InFlight, first_line
+from storage import MediaStore
+from storage.scratch import Scratch
 from upstream.client import Clue
 from upstream.sharing import SharedUpstream
 
@@ -64,8 +64,6 @@ class BaseHandler(RequestHandler):
         self._body = bytearray()
         self._received = 0
         self._counted = False
-        self._busy = 0
-        self._gone = False
 
     @property
     def max_body_bytes(self) -> int:
@@ -112,15 +110,26 @@ class BaseHandler(RequestHandler):
 
     @property
     def io_executor(self) -> ThreadPoolExecutor:
-        """Threads for file I/O (uploads, download preloads), so the event loop never waits on the disk."""
+        """Threads for file and store I/O, so the event loop never waits on a disk or a store."""
         executor: ThreadPoolExecutor = self.application.settings["io_executor"]
         return executor
 
     @property
-    def media(self) -> MediaStore:
-        """The media directory."""
-        store: MediaStore = self.application.settings["media"]
+    def store(self) -> MediaStore:
+        """Where finished MP3s live: the media directory or an S3 bucket."""
+        store: MediaStore = self.application.settings["store"]
         return store
+
+    @property
+    def scratch(self) -> Scratch:
+        """This instance's folder for uploads and MP3s in progress."""
+        scratch: Scratch = self.application.settings["scratch"]
+        return scratch
+
+    async def in_io(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run blocking file or store work on the I/O executor."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.io_executor, lambda: work(*args, **kwargs))
 
     @property
     def mp3_settings(self) -> Mp3Settings:
@@ -232,30 +241,30 @@ class BaseHandler(RequestHandler):
 
     def on_finish(self) -> None:
         """The request was answered."""
-        self.release()
+        self.leave()
 
     def on_connection_close(self) -> None:
-        """The client went away before an answer: release now, or when the work under way ends."""
+        """The client went away. Before its body was in, the handler method will never run."""
+        body_in = self.body_complete
         super().on_connection_close()
-        self._gone = True
-        if not self._busy:
-            self.release()
+        if not body_in:
+            self.abandoned()
 
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
-        """Mark work that must finish before the request's resources are released, even if the
-        client goes away meanwhile (a write on an I/O thread, a conversion)."""
-        self._busy += 1
-        try:
-            yield
-        finally:
-            self._busy -= 1
-            if self._gone and not self._busy:
-                self.release()
+    @property
+    def body_complete(self) -> bool:
+        """Whether the whole request body has arrived (Tornado resolves this future then)."""
+        body_read: Future[None] | None = getattr(self.request, "_body_future", None)
+        return body_read is None or body_read.done()
 
-    def release(self) -> None:
-        """Give back what the request holds (idempotent); handlers with resources extend it."""
-        self._leave()
+    def abandoned(self) -> None:
+        """The client left before its body was in; handlers with work under way extend this."""
+        self.leave()
+
+    def leave(self) -> None:
+        """The request no longer counts as in flight (idempotent)."""
+        if self._counted:
+            self._counted = False
+            self.in_flight.leave()
 
     def compute_etag(self) -> str | None:
         """No ETags: API answers are live data, sent with no-store."""
@@ -274,11 +283,6 @@ class BaseHandler(RequestHandler):
                 log.info("%d %s: %s", value.status_code, self._request_summary(), value.get_message())
             return
         super().log_exception(typ, value, tb)
-
-    def _leave(self) -> None:
-        if self._counted:
-            self._counted = False
-            self.in_flight.leave()
 
     def json_object(self) -> dict[str, Any]:
         """The request body as a JSON object: 415 when it comes with a content coding, 400 when it
@@ -360,8 +364,7 @@ class BaseHandler(RequestHandler):
         self.set_status(status_code)
         self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Type", PROBLEM_CONTENT_TYPE)
-        body_read: Future[None] | None = getattr(self.request, "_body_future", None)
-        if body_read is not None and not body_read.done():
+        if not self.body_complete:
             # Answered before the body is in: the connection is closed after this answer (the
             # rest of the body is read and dropped first: connections.py), so say so (RFC 9112
             # 9.6), or a keep-alive client would send its next request into a closing socket.

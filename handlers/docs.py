@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 from swagger_ui_bundle import swagger_ui_path
+from tornado.web import StaticFileHandler
 
 from handlers.base import BaseHandler
-from handlers.static import StaticBaseHandler
 
 OPENAPI_FILE = Path(__file__).resolve().parent.parent / "openapi.yaml"
 SWAGGER_UI_DIR = str(swagger_ui_path)
@@ -76,8 +76,24 @@ class DocsHandler(BaseHandler):
         self.finish(DOCS_PAGE)
 
 
-class DocsAssetHandler(StaticBaseHandler):
-    """Swagger UI's scripts and styles, from the swagger-ui-bundle package."""
+class DocsAssetHandler(BaseHandler, StaticFileHandler):
+    """Swagger UI's scripts and styles, from the swagger-ui-bundle package: StaticFileHandler's
+    serving (Range, HEAD, 304) with this API's problem documents."""
+
+    def initialize(self, path: str) -> None:  # type: ignore[override]
+        """Serve files below `path`."""
+        BaseHandler.initialize(self)
+        StaticFileHandler.initialize(self, path)
+
+    def compute_etag(self) -> str | None:
+        """StaticFileHandler's content hash (the base handler sends no ETags)."""
+        return StaticFileHandler.compute_etag(self)
+
+    async def get(self, path: str, include_body: bool = True) -> None:
+        """Send the file; an unsatisfiable range becomes a problem document too."""
+        await StaticFileHandler.get(self, path, include_body)
+        if self.get_status() == 416 and not self._finished:
+            self.write_problem(416, "the requested range is not satisfiable")
 
     def set_extra_headers(self, path: str) -> None:
         """Assets change only with the package: let browsers keep them for a day."""

@@ -4,30 +4,24 @@ it; GET /users/<id>/records lists a user's records."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import errno
-import functools
+import email.utils
 import logging
 import re
 import uuid
-from asyncio import Future
+from datetime import datetime
 from typing import Any
 
 from tornado import httputil
+from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError
 
-from converters.mp3 import ConversionFailed, ConversionInterrupted, GaveWay
-from converters.spool import Spool, UploadStopped
-from converters.wav import InvalidWav, NotWav
 from handlers.base import BaseHandler
 from handlers.filenames import content_disposition, sanitize_filename
-from handlers.multipart import MalformedForm, StreamingForm
-from handlers.problems import RETRY_AFTER, ApiError, invalid
-from handlers.static import StaticBaseHandler
+from handlers.problems import ApiError, invalid
+from handlers.upload import Upload, stopped_before_conversion, storage_failed
 from queries.records import delete_record, find_record, insert_record, list_user_records
 from queries.users import check_token
-from records.storage import StoredAudio, convert_into_store
+from storage import StorageFull, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -78,26 +72,18 @@ def download_url(handler: BaseHandler, record_id: str, user_id: int) -> str:
     return f"{handler.public_base()}/record?id={record_id}&user={user_id}"
 
 
-def storage_failed(error: OSError, what: str) -> ApiError:
-    """The 503 for a failed disk operation: "storage is full" for ENOSPC and EDQUOT; the log has
-    the specifics, the client never sees a path."""
-    log.error("cannot store %s: %s", what, error)
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ApiError(503, "storage is full, try again later", headers=RETRY_AFTER)
-    return ApiError(503, f"{what} cannot be stored right now", headers=RETRY_AFTER)
-
-
-def stopped_before_conversion() -> ApiError:
-    """The 503 for an upload whose client left before its conversion began."""
-    return ApiError(503, "the upload stopped before its conversion began", headers=RETRY_AFTER)
+def new_key(record_id: uuid.UUID) -> str:
+    """Where a record's MP3 is kept in the store: spread over 256 folders by its id."""
+    return f"{record_id.hex[:2]}/{record_id}.mp3"
 
 
 class RecordUploadHandler(BaseHandler):
-    """Streams the multipart body to a temporary file and converts it on the conversion pool. When
-    the user and token come before the file (as form fields, or the token as a Bearer header), the
-    upload is authenticated as soon as the file begins and the conversion follows the file while it
-    arrives (giving its thread to queued conversions whenever it has to wait for the upload, and
-    starting over once the body is in); otherwise the conversion starts once the whole body is in."""
+    """POST /records: the body streams into an Upload (handlers/upload.py), which owns everything
+    the upload holds. When the user and token come before the file (as form fields, or the token as
+    a Bearer header), the upload is authenticated as soon as the file begins and the conversion
+    follows the file while it arrives; otherwise the conversion starts once the whole body is in."""
+
+    upload: Upload | None = None
 
     @property
     def max_body_bytes(self) -> int:
@@ -106,110 +92,69 @@ class RecordUploadHandler(BaseHandler):
 
     def prepare(self) -> None:
         """Refuse early: too large, not multipart, or no conversion capacity."""
-        self._form: StreamingForm | None = None
-        self._reserved = False
-        self._conversion: asyncio.Task[StoredAudio] | None = None
-        self._job: concurrent.futures.Future[StoredAudio] | None = None
-        self._claimed = False
         super().prepare()
         if self.request.method != "POST":
             raise HTTPError(405)  # before the body: it may be larger than anything but an upload
         connection: Any = self.request.connection
         connection.set_max_body_size(self.max_body_bytes * TORNADO_CAP_FACTOR + 2**20)
         connection.set_body_timeout(self.config.upload_timeout)
-        # Whatever has arrived, up to a body piece at a time: the server reads other requests in
-        # small pieces (server.ServiceHTTPServer), as this connection's next requests once answered.
-        self._small_reads = connection.stream.read_chunk_size
-        connection.stream.read_chunk_size = connection.params.chunk_size
-        try:
-            self._form = StreamingForm(
-                self.request.headers.get("Content-Type", ""),
-                "file",
-                Spool(self.media.new_temp_path(".wav")),
-                fields=("user", "token"),
-            )
-        except MalformedForm as error:
-            raise ApiError(400, str(error)) from None
-        if not self.conversions.try_reserve():
-            raise ApiError(503, "conversion capacity is full, try again shortly", headers=RETRY_AFTER)
-        self._reserved = True
+        content_type = self.request.headers.get("Content-Type", "")
+        self.upload = Upload(
+            content_type, self.conversions, self.scratch, self.io_executor, self.mp3_settings
+        )
 
     async def consume_body(self, chunk: bytes) -> None:
-        """Parse the body as it arrives, on an I/O thread (the file part goes to disk); start the
-        conversion as soon as the file begins after the credentials, if a conversion thread is free
-        (else it starts once the body is in, and a queued conversion is always ready to run)."""
-        form = self._form
-        if form is None:
-            return await super().consume_body(chunk)
-        with self.busy():
+        """Parse the body as it arrives; start the conversion as soon as the file begins after the
+        credentials, if a conversion thread is free."""
+        upload = self.upload
+        assert upload is not None
+        await upload.feed(chunk)
+        if upload.can_convert_now():
             try:
-                await asyncio.get_running_loop().run_in_executor(self.io_executor, form.feed, chunk)
-            except MalformedForm as error:
-                raise ApiError(400, str(error)) from None
-            except OSError as error:
-                raise storage_failed(error, "the upload") from None
-            if self._conversion is None and form.spool.started and self.conversions.has_idle_thread():
-                try:
-                    user_id, token = self._credentials(form)
-                except ApiError:
-                    return  # not all in yet, or malformed: judged once the whole body is in
-                await self._authenticate_and_convert(user_id, token, form.spool)
+                user_id, token = self._credentials(upload)
+            except ApiError:
+                return  # not all in yet, or malformed: judged once the whole body is in
+            await authenticate(self, user_id, token)
+            upload.convert()
 
     async def post(self) -> None:
         """Authenticate (unless done already), convert, store, and answer with the download link."""
+        upload = self.upload
+        assert upload is not None
         try:
-            await self._store_upload()
-        except BaseException:
-            await self.stop_work()
-            raise
-
-    async def stop_work(self) -> None:
-        """Stop a conversion under way and wait until it has ended."""
-        conversion = self._conversion
-        if conversion is not None and not self._claimed:
-            self._stop_conversion()
-            await asyncio.wait({conversion})
-
-    def _stop_conversion(self) -> None:
-        """Take the conversion out of the queue, or abandon its input so that its ffmpeg is killed."""
-        assert self._job is not None and self._form is not None
-        if not self._job.cancel():
-            self._form.spool.abandon()
-
-    async def _store_upload(self) -> None:
-        form = self._form
-        if form is None or self._gone:  # it left while its body was read from the buffer: freed
-            raise stopped_before_conversion()
-        with self.busy():
+            upload.finish_body()
+            user_id, token = self._credentials(upload)
+            if not upload.converting:
+                await authenticate(self, user_id, token)
+                upload.convert()
+            mp3 = await upload.converted()
+            if upload.stopped:  # nobody will ever get the link: keep nothing
+                raise stopped_before_conversion()
+            record_id = uuid.uuid4()
+            key = new_key(record_id)
+            await self._put(upload, key)
             try:
-                form.finish()
-            except MalformedForm as error:
-                raise ApiError(400, str(error)) from None
-            user_id, token = self._credentials(form)
-            if form.file_parts != 1:
-                raise invalid("file", "is required" if form.file_parts == 0 else "send exactly one file")
-            conversion = self._conversion or await self._authenticate_and_convert(user_id, token, form.spool)
-            try:
-                audio = await conversion
-            except GaveWay:  # it stopped following the upload to free its thread; the file is all in now
-                if self._gone:
-                    return
-                audio = await self._convert_later(form.spool)
-            self._claimed = True
-            if self._gone:  # nobody will ever get the link: keep nothing
-                self.media.remove(audio.path)
-                return
-            try:
-                await self.run_db(insert_record, audio, user_id, sanitize_filename(form.filename))
+                name = sanitize_filename(upload.form.filename)
+                await self.run_db(insert_record, record_id, user_id, name, key, mp3.size, mp3.duration)
             except BaseException:
-                self.media.remove(audio.path)
+                await self.in_io(self.store.delete, key)
                 raise
-        url = download_url(self, str(audio.record_id), user_id)
+        finally:
+            await upload.close()  # before any answer leaves: a client never sees leftovers
+        url = download_url(self, str(record_id), user_id)
         self.set_header("Location", url)
-        self.write_json({"id": str(audio.record_id), "user": user_id, "url": url}, status=201)
+        self.write_json({"id": str(record_id), "user": user_id, "url": url}, status=201)
 
-    def _credentials(self, form: StreamingForm) -> tuple[int, str]:
+    async def _put(self, upload: Upload, key: str) -> None:
+        """Move the finished MP3 into the store; 503 when the store is full or failing."""
+        try:
+            await self.in_io(self.store.put, upload.mp3_path, key)
+        except (StorageFull, StorageUnavailable, OSError) as error:
+            raise storage_failed(error, "the record") from None
+
+    def _credentials(self, upload: Upload) -> tuple[int, str]:
         """The user id and token of the upload; 422 when one is missing, malformed or sent twice."""
+        form = upload.form
         if form.repeated:
             raise invalid(min(form.repeated), "must be sent only once")
         user_id = parse_user_id(form.fields.get("user"))
@@ -218,150 +163,119 @@ class RecordUploadHandler(BaseHandler):
             raise invalid("token", "is required (a form field, or Authorization: Bearer)")
         return user_id, token.strip()  # a blank token is sent, and is wrong (403)
 
-    async def _authenticate_and_convert(
-        self, user_id: int, token: str, spool: Spool
-    ) -> asyncio.Task[StoredAudio]:
-        """Check the credentials (404, 403), then hand the file to the conversion pool."""
-        await authenticate(self, user_id, token)
-        return self._convert_later(spool)
-
-    def _convert_later(self, spool: Spool) -> asyncio.Task[StoredAudio]:
-        if self._gone:  # the client left while its credentials were checked: nobody wants the MP3
-            raise stopped_before_conversion()
-        self._job = self.conversions.submit(
-            functools.partial(
-                convert_into_store, self.media, self.mp3_settings, spool, self.conversions.should_give_way
-            )
-        )
-        self._conversion = asyncio.ensure_future(self._converted(self._job))
-        return self._conversion
-
-    async def _converted(self, job: concurrent.futures.Future[StoredAudio]) -> StoredAudio:
-        try:
-            return await asyncio.wrap_future(job)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # this task itself is being cancelled
-                raise
-            raise stopped_before_conversion() from None
-        except NotWav as error:
-            raise ApiError(415, f"{error}; upload a WAV file") from None
-        except (InvalidWav, ConversionFailed) as error:
-            raise ApiError(422, str(error)) from None
-        except (ConversionInterrupted, UploadStopped) as error:
-            raise ApiError(503, str(error), headers=RETRY_AFTER) from None
-        except OSError as error:
-            raise storage_failed(error, "the record") from None
+    async def stop_work(self) -> None:
+        """Before an early refusal leaves: stop and free everything the upload holds."""
+        if self.upload is not None:
+            await self.upload.close()
 
     def on_connection_close(self) -> None:
-        """The client went away: stop its conversion at once (nobody will get the link). While the
-        file still arrives, that waits for the write under way: `release` does it then."""
-        conversion = getattr(self, "_conversion", None)
-        if conversion is not None and not conversion.done() and not self._claimed:
-            assert self._form is not None
-            if self._form.spool.ended:
-                self._stop_conversion()
+        """The client went away: its conversion is stopped at once (nobody will get the link)."""
+        if self.upload is not None and self.body_complete:
+            self.upload.stop()
         super().on_connection_close()
 
-    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
-        """Free the slot and delete the uploaded WAV before any answer leaves, whatever happened,
-        so a client that has its answer never sees the upload's leftovers."""
-        self._free_upload()
-        small_reads: int | None = getattr(self, "_small_reads", None)  # None: refused before prepare
-        if small_reads is not None:
-            connection: Any = self.request.connection
-            connection.stream.read_chunk_size = small_reads
-        return super().finish(chunk)
-
-    def release(self) -> None:
-        """The same clean-up when the client went away, once no work on the upload is under way."""
-        self._free_upload()
-        super().release()
-
-    @staticmethod
-    def _made_an_mp3(conversion: asyncio.Task[StoredAudio]) -> bool:
-        """Whether a finished conversion made an MP3."""
-        return not conversion.cancelled() and conversion.exception() is None
-
-    def _free_upload(self) -> None:
-        conversion: asyncio.Task[StoredAudio] | None = getattr(self, "_conversion", None)
-        if conversion is not None and not conversion.done():
-            # The client went away: stop it, and free what it uses once it has ended.
-            self._stop_conversion()
-            conversion.add_done_callback(lambda _: self._free_upload())
-            return
-        self._conversion = None
-        try:
-            # An MP3 no request took: the request failed meanwhile.
-            if conversion is not None and not self._claimed and self._made_an_mp3(conversion):
-                self.media.remove(conversion.result().path)
-        finally:
-            if getattr(self, "_reserved", False):
-                self._reserved = False
-                self.conversions.release()
-            form: StreamingForm | None = getattr(self, "_form", None)
-            if form is not None:
-                self._form = None
-                form.close()
-                with contextlib.suppress(FileNotFoundError):
-                    form.spool.path.unlink()
+    def abandoned(self) -> None:
+        """The client left mid-body: free the upload once the write under way has ended."""
+        upload = self.upload
+        if upload is None:
+            return super().abandoned()
+        upload.stop()
+        self._closing = asyncio.ensure_future(upload.close())
+        self._closing.add_done_callback(lambda _: self.leave())
 
 
-class RecordDownloadHandler(StaticBaseHandler):
-    """GET/HEAD /record?id=&user=: Tornado's static file serving (Range, 304, HEAD) for one record."""
+class RecordHandler(BaseHandler):
+    """GET/HEAD /record?id=&user= downloads a record (Range, 304, HEAD), streamed from the store a
+    piece at a time on the I/O executor; DELETE removes it."""
 
-    def initialize(self) -> None:  # type: ignore[override]
-        """Serve from the media directory."""
-        super().initialize(str(self.media.root))
-        self._record: dict[str, Any] = {}
-
-    async def get(self, include_body: bool = True) -> None:  # type: ignore[override]
-        """Look the record up, then let StaticFileHandler send it."""
+    async def get(self, include_body: bool = True) -> None:
+        """Send the MP3, or the part a Range asks for."""
         record_id, user_id = self.record_and_user()
         record = await self.run_db(find_record, record_id, user_id)
         if record is None:
             raise ApiError(404, "there is no such record for this user")
-        self._record = record
-        self.set_etag_header()  # StaticFileHandler sets it too; a 304 needs no bytes read
-        if include_body and not self.check_etag_header():
-            # StaticFileHandler reads the file on the event loop: from memory that takes microseconds,
-            # but an MP3 evicted from the page cache would stall every request while the disk answers.
-            start, end = self.requested_range()
-            await asyncio.get_running_loop().run_in_executor(
-                self.io_executor, self.media.load_into_memory, record["path"], start, end
-            )
-        await super().get(record["path"], include_body)
+        size = await self._size(record)
+        self._set_file_headers(record)
+        if self._not_modified(record["created_at"]):
+            self.set_status(304)
+            return
+        start, end = self._byte_range(size)
+        self.set_header("Content-Length", end - start)
+        if include_body:
+            await self._send(record["path"], start, end)
 
-    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
-        """StaticFileHandler's checks, with a plain 404 when the record's file is missing or is
-        not a regular file: the log names the path, the client never does."""
-        try:
-            return super().validate_absolute_path(root, absolute_path)
-        except HTTPError as error:
-            log.error("record %s: cannot serve %s: %s", self._record["id"], absolute_path, error)
-            raise ApiError(404, "this record's audio file is missing") from None
-
-    def requested_range(self) -> tuple[int | None, int | None]:
-        """The byte range the Range header asks for, as StaticFileHandler reads it; (None, None) for all."""
-        header = self.request.headers.get("Range")
-        return (httputil._parse_request_range(header) if header else None) or (None, None)
-
-    async def head(self) -> None:  # type: ignore[override]
+    async def head(self) -> None:
         """The headers of GET, without the body."""
         await self.get(include_body=False)
 
-    def compute_etag(self) -> str:
-        """The record id: the file never changes, so there is no need to hash it."""
-        return f'"{self._record["id"]}"'
+    async def _size(self, record: dict[str, Any]) -> int:
+        """The stored MP3's size; 404 (the log says why) when the store has no such file."""
+        try:
+            size = await self.in_io(self.store.size, record["path"])
+        except OSError as error:
+            raise storage_failed(error, "the record") from None
+        if size is None:
+            log.error("record %s: its MP3 %s is missing from the store", record["id"], record["path"])
+            raise ApiError(404, "this record's audio file is missing")
+        return size
 
-    def get_content_type(self) -> str:
-        """Always MP3."""
-        return "audio/mpeg"
-
-    def set_extra_headers(self, path: str) -> None:
-        """Download as a file named after the upload; immutable, so caching is safe."""
-        self.set_header("Content-Disposition", content_disposition(self._record["original_name"]))
+    def _set_file_headers(self, record: dict[str, Any]) -> None:
+        """An MP3 named after the upload; it never changes, so it may be cached for good."""
+        self.set_header("Content-Type", "audio/mpeg")
+        self.set_header("Accept-Ranges", "bytes")
+        self.set_header("ETag", f'"{record["id"]}"')
+        self.set_header("Last-Modified", record["created_at"])
+        self.set_header("Content-Disposition", content_disposition(record["original_name"]))
         self.set_header("Cache-Control", "private, max-age=31536000, immutable")
+
+    def _not_modified(self, created_at: datetime) -> bool:
+        """Whether the client's copy is current (If-None-Match, else If-Modified-Since)."""
+        if self.request.headers.get("If-None-Match"):
+            return self.check_etag_header()
+        since = self.request.headers.get("If-Modified-Since")
+        if since:
+            try:
+                when = email.utils.parsedate_to_datetime(since)
+            except (TypeError, ValueError):
+                return False
+            return when.tzinfo is not None and when >= created_at.replace(microsecond=0)
+        return False
+
+    def _byte_range(self, size: int) -> tuple[int, int]:
+        """The bytes to send, [start, end): all of them, or a satisfiable Range (206); else 416."""
+        header = self.request.headers.get("Range")
+        asked = httputil._parse_request_range(header) if header else None  # as StaticFileHandler
+        if asked is None:
+            return 0, size
+        start, end = asked
+        if start is not None and start < 0:
+            start = max(0, size + start)
+        start = start or 0
+        end = size if end is None else min(end, size)
+        if start >= end:
+            raise ApiError(
+                416, "the requested range is not satisfiable", headers={"Content-Range": f"bytes */{size}"}
+            )
+        if (start, end) != (0, size):
+            self.set_status(206)
+            self.set_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        return start, end
+
+    async def _send(self, key: str, start: int, end: int) -> None:
+        """Stream the bytes from the store, never more than a piece in memory."""
+        pieces = self.store.read(key, start, end)
+        try:
+            while (piece := await self.in_io(next, pieces, None)) is not None:
+                self.write(piece)
+                await self.flush()
+        except StreamClosedError:
+            return  # the client left
+        finally:
+            await self.in_io(pieces.close)
+
+    def compute_etag(self) -> str | None:
+        """The ETag is set from the record id (the file never changes)."""
+        return None
 
     def record_and_user(self) -> tuple[uuid.UUID, int]:
         """The `id` and `user` query parameters; 422 when one is missing or malformed."""
@@ -375,15 +289,14 @@ class RecordDownloadHandler(StaticBaseHandler):
         """Delete the record (the user's Bearer token): its row, then its file; 204."""
         record_id, user_id = self.record_and_user()
         await authenticate(self, user_id, required_bearer_token(self))
-        with self.busy():  # once the row is gone, the file goes too, even if the client does not wait
-            path = await self.run_db(delete_record, record_id, user_id)
-            if path is None:
-                raise ApiError(404, "there is no such record for this user")
-            try:
-                await asyncio.get_running_loop().run_in_executor(self.io_executor, self.media.remove, path)
-            except OSError as error:
-                # The record is gone all the same; its file is an orphan, which the sweep removes.
-                log.error("cannot delete the file of a deleted record: %s", error)
+        key = await self.run_db(delete_record, record_id, user_id)
+        if key is None:
+            raise ApiError(404, "there is no such record for this user")
+        try:
+            await self.in_io(self.store.delete, key)
+        except OSError as error:
+            # The record is gone all the same; its file is an orphan, which the sweep removes.
+            log.error("cannot delete the file of a deleted record: %s", error)
         self.set_status(204)
         self.finish()
 

@@ -8,26 +8,23 @@ from typing import Any
 from database import in_transaction, with_connection
 from models import Record
 from queries.questions import iso8601
-from records.storage import StoredAudio
 
 
-@in_transaction  # a row must never appear after a crash (start-up would have deleted its file)
-def insert_record(audio: StoredAudio, user_id: int, original_name: str) -> None:
-    """The row for an MP3 that is already in place."""
+@in_transaction  # committed only by a live process, after the MP3 is in the store
+def insert_record(
+    record_id: uuid.UUID, user_id: int, original_name: str, key: str, size: int, duration: float
+) -> None:
+    """The row for an MP3 that is already in the store under `key`."""
     Record.create(
-        id=audio.record_id,
-        user=user_id,
-        original_name=original_name,
-        path=audio.path,
-        size=audio.size,
-        duration=audio.duration,
+        id=record_id, user=user_id, original_name=original_name, path=key, size=size, duration=duration
     )
 
 
 @with_connection
-def record_paths() -> set[str]:
-    """The relative paths of every stored record."""
-    return {record.path for record in Record.select(Record.path)}
+def keys_with_rows(keys: list[str]) -> set[str]:
+    """Which of these store keys a record points at (for the orphan sweep)."""
+    rows: Any = Record.select(Record.path).where(Record.path.in_(keys)).tuples()
+    return {path for (path,) in rows}
 
 
 @with_connection
@@ -36,7 +33,12 @@ def find_record(record_id: uuid.UUID, user_id: int) -> dict[str, Any] | None:
     record = Record.get_or_none((Record.id == record_id) & (Record.user == user_id))
     if record is None:
         return None
-    return {"id": str(record.id), "path": record.path, "original_name": record.original_name}
+    return {
+        "id": str(record.id),
+        "path": record.path,
+        "original_name": record.original_name,
+        "created_at": record.created_at,
+    }
 
 
 @with_connection

@@ -10,9 +10,12 @@ that has just been stored and is about to get its row is never touched."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +45,9 @@ class MediaStore(Protocol):
         """The stored object's size in bytes, or None when there is no such object."""
         ...
 
-    def read(self, key: str, start: int, end: int) -> Iterator[bytes]:
-        """The bytes from `start` up to, not including, `end`, in pieces of at most CHUNK_BYTES."""
+    def read(self, key: str, start: int, end: int) -> Generator[bytes, None, None]:
+        """The bytes from `start` up to, not including, `end`, in pieces of at most CHUNK_BYTES;
+        closing the generator early lets go of the file or connection."""
         ...
 
     def delete(self, key: str) -> None:
@@ -53,6 +57,17 @@ class MediaStore(Protocol):
     def keys_older_than(self, seconds: float) -> Iterator[str]:
         """Every key stored more than `seconds` ago."""
         ...
+
+
+def open_store(settings: Settings) -> MediaStore:
+    """The store MEDIA_STORE names: the media directory (the default) or an S3 bucket."""
+    if settings.media_store == "s3":
+        from storage.s3 import S3Store  # imported here: boto3 is needed only for S3
+
+        return S3Store.from_settings(settings)
+    from storage.local import LocalStore
+
+    return LocalStore(settings.media_root)
 
 
 def sweep_orphans(store: MediaStore, with_rows: Callable[[list[str]], set[str]], grace: float) -> int:

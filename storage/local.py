@@ -6,7 +6,7 @@ import errno
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from storage import CHUNK_BYTES, StorageFull
@@ -52,7 +52,7 @@ class LocalStore:
             return None
         return stat.st_size if stat.st_mode & 0o170000 == 0o100000 else None
 
-    def read(self, key: str, start: int, end: int) -> Iterator[bytes]:
+    def read(self, key: str, start: int, end: int) -> Generator[bytes, None, None]:
         """The file's bytes from `start` to `end`, a piece at a time."""
         with self._path(key).open("rb", buffering=0) as file:
             file.seek(start)

@@ -5,7 +5,7 @@ per store, shared by the executor's threads (boto3 clients are thread-safe)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -116,7 +116,7 @@ class S3Store:
         except FileNotFoundError:
             return None
 
-    def read(self, key: str, start: int, end: int) -> Iterator[bytes]:
+    def read(self, key: str, start: int, end: int) -> Generator[bytes, None, None]:
         """Bytes `start` to `end` (exclusive) of the object, fetched with a Range and passed on in
         pieces of at most CHUNK_BYTES as they arrive. FileNotFoundError when the object is gone."""
         if end <= start:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
-import mmap
 import os
 import socket
 import subprocess
@@ -18,7 +16,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg2
-import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from tests.contract import check_response
@@ -281,39 +278,8 @@ def standin_process(log_path: Path, pool_size: int = 1_000_000) -> tuple[subproc
     return process, url
 
 
-def pages_in_memory(path: Path) -> list[bool]:
-    """For each page of the file: is it in the page cache? mincore(2) tells without reading it in
-    (a read, even a RWF_NOWAIT one that misses, starts the kernel's readahead)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_long,
-    ]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
-    size = path.stat().st_size
-    flags = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
-    with path.open("rb") as file:
-        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, file.fileno(), 0)
-    assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
-    try:
-        assert libc.mincore(address, size, flags) == 0, os.strerror(ctypes.get_errno())
-    finally:
-        libc.munmap(address, size)
-    return [bool(flag & 1) for flag in flags]
-
-
-def evict_from_memory(path: Path) -> None:
-    """Drop the file's pages from the page cache; skips the test where that cannot be done or seen."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("needs posix_fadvise(2), mincore(2) and sendfile(2) to a file")
-    with path.open("rb") as file:
-        os.fsync(file.fileno())
-        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    if any(pages_in_memory(path)):
-        pytest.skip("this filesystem keeps the file in memory")
+def scratch_files(root: Path) -> list[Path]:
+    """Files in a scratch space (uploads and MP3s in progress), its instances' lock files aside."""
+    if not root.exists():
+        return []
+    return [path for path in root.rglob("*") if path.is_file() and path.suffix != ".lock"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -29,10 +28,8 @@ from converters.scheduling import schedule_as_batch_work
 from converters.spool import Spool, UploadStopped
 from converters.wav import read_wav_info
 from handlers.filenames import content_disposition, sanitize_filename
-from handlers.static import READ_CHUNK_BYTES, StaticBaseHandler
-from records.storage import MediaStore, stop_processes_using
+from storage.scratch import stop_processes_using
 from tests.audio import silent_wav
-from tests.support import evict_from_memory, pages_in_memory
 
 
 @pytest.mark.parametrize(
@@ -69,51 +66,6 @@ def test_very_long_names_are_cut():
 )
 def test_content_disposition_follows_rfc_6266(original, header):
     assert content_disposition(original) == header
-
-
-@pytest.mark.parametrize(
-    ("start", "end"),
-    [
-        (None, None),
-        (0, 1),
-        (10, READ_CHUNK_BYTES + 11),
-        (READ_CHUNK_BYTES, None),
-        (2 * READ_CHUNK_BYTES + 5, 2 * READ_CHUNK_BYTES + 6),
-    ],
-)
-def test_downloads_are_read_in_large_pieces_from_start_to_end(tmp_path, start, end):
-    data = os.urandom(2 * READ_CHUNK_BYTES + 100)
-    path = tmp_path / "record.mp3"
-    path.write_bytes(data)
-    pieces = list(StaticBaseHandler.get_content(str(path), start, end))
-    assert b"".join(pieces) == data[start:end]
-    assert len(pieces) == math.ceil(len(data[start:end]) / READ_CHUNK_BYTES)
-
-
-@pytest.fixture
-def evicted_record(tmp_path):
-    """A MediaStore with one 3 MiB record whose pages are not in memory, and its relative path."""
-    store = MediaStore(tmp_path)
-    path = store.absolute("ab/record.mp3")
-    path.parent.mkdir()
-    path.write_bytes(os.urandom(3 * 1024 * 1024 + 5))
-    evict_from_memory(path)
-    return store, "ab/record.mp3"
-
-
-def test_a_record_is_brought_into_memory_before_its_download(evicted_record):
-    store, relative = evicted_record
-    store.load_into_memory(relative)
-    assert all(pages_in_memory(store.absolute(relative)))
-    store.load_into_memory("ab/missing.mp3")  # the download answers 404 afterwards
-
-
-def test_only_the_requested_range_is_brought_into_memory(evicted_record):
-    store, relative = evicted_record
-    store.load_into_memory(relative, -10, None)  # Range: bytes=-10
-    in_memory = pages_in_memory(store.absolute(relative))
-    assert in_memory[-1]
-    assert not in_memory[0]  # readahead only runs forward
 
 
 def test_ffmpeg_is_found_without_configuration():
@@ -165,7 +117,7 @@ def test_a_shutdown_stops_running_conversions_and_refuses_new_ones(tmp_path):
 
 
 def test_only_ffmpeg_style_file_arguments_in_the_directory_are_stopped(tmp_path):
-    directory = tmp_path / "media" / ".tmp"
+    directory = tmp_path / "media" / ".tmp" / "host-1-abcdef12"
     directory.mkdir(parents=True)
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
     bystander = subprocess.Popen([*sleeper, f"/elsewhere{directory}/x.wav", f"{directory}/x.wav"])

@@ -18,12 +18,14 @@ import pytest
 from config import ConfigError, Settings, load_settings
 from database import bind_database, create_tables, open_database
 from models import database
+from tests.audio import make_wav, upload_form
 from tests.support import (
     ROOT,
     assert_problem,
     call,
     free_port,
     poll,
+    post_form,
     serve_process,
     sql,
     start_server_process,
@@ -151,15 +153,26 @@ async def test_a_non_ascii_content_length_is_refused_not_a_500(base_url):
     assert status_line.startswith(b"HTTP/1.1 400")
 
 
-@pytest.mark.gen_test(timeout=90)
-async def test_a_second_service_on_the_same_media_dir_refuses_to_start(database_url, standin, tmp_path):
+@pytest.mark.gen_test(timeout=120)
+async def test_two_instances_share_one_media_directory(database_url, standin, tmp_path):
+    """A second instance on the same MEDIA_DIR starts beside the first (no lock refuses it, its
+    start-up sweep leaves the first's scratch folder alone), and either serves the other's records."""
     env = {"DATABASE_URL": database_url, "JSERVICE_URL": standin.url, "DATA_DIR": str(tmp_path)}
     first = await serve_process(env, tmp_path / "first.log")
     try:
-        second = start_server_process({**env, "PORT": str(free_port())}, tmp_path / "second.log")
-        assert second.wait(timeout=60) != 0
-        assert "in use by another running service" in (tmp_path / "second.log").read_text()
-        assert (await call(first.base_url, "GET", "/health")).status == 200
+        live = [path for path in (tmp_path / "media" / ".tmp").iterdir() if path.is_dir()]
+        second = await serve_process(env, tmp_path / "second.log")
+        try:
+            assert all(path.is_dir() for path in live)
+            user = (await call(first.base_url, "POST", "/users", {"name": "shared"})).json
+            reply = await post_form(first.base_url, upload_form(user, make_wav(0.3)))
+            assert reply.status == 201
+            query = reply.json["url"].split("?", 1)[1]
+            download = await call(second.base_url, "GET", f"/record?{query}")
+            assert download.status == 200
+            assert download.headers["Content-Type"] == "audio/mpeg" and download.body[:1] == b"\xff"
+        finally:
+            second.stop()
     finally:
         first.stop()
 

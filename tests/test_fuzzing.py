@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.audio import make_wav, upload_form
-from tests.support import ROOT, ServerProcess, call, serve_process, sql, standin_process
+from tests.support import ROOT, ServerProcess, call, scratch_files, serve_process, sql, standin_process
 
 BIN = Path(sys.executable).parent
 
@@ -111,5 +111,5 @@ def test_any_wav_header_gets_201_or_a_4xx_and_leaves_nothing_behind(stack, uploa
     rows_after = sql(database_url, "SELECT count(*) FROM records WHERE user_id = %s", (uploader["id"],))[0][0]
     new_files = set(media.glob("*/*.mp3")) - files_before
     assert (rows_after - rows_before, len(new_files)) == ((1, 1) if status == 201 else (0, 0))
-    assert not list((media / ".tmp").iterdir())
+    assert not scratch_files(media / ".tmp")
     assert not psutil.Process(server.process.pid).children(recursive=True)

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from tests.audio import make_wav, upload_form, wav_with_fmt
-from tests.support import assert_problem, call, post_form, sql
+from tests.support import assert_problem, call, post_form, scratch_files, sql
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ async def test_audio_ffmpeg_cannot_encode_is_a_plain_422(base_url, db, user, set
     assert problem["detail"] == "the audio could not be converted"
     assert "ffmpeg exited with" in caplog.text  # with what ffmpeg said
     assert sql(db, "SELECT count(*) FROM records") == [(0,)]
-    assert not list((settings.media_root / ".tmp").iterdir())
+    assert not scratch_files(settings.scratch_root)
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -80,7 +80,7 @@ def leave_free(disk: Path, room: int) -> Path:
 
 def media_files(settings: Settings) -> list[Path]:
     """Every file in MEDIA_DIR, temporary ones included (not the lock)."""
-    return [path for path in settings.media_root.rglob("*") if path.is_file() and path.name != ".lock"]
+    return [path for path in settings.media_root.rglob("*") if path.is_file() and path.suffix != ".lock"]
 
 
 def assert_storage_full(reply: Reply, settings: Settings, db: str) -> None:
