@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
+import shlex
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -31,6 +33,7 @@ POOL_STALE_SECONDS = 300
 PING_AFTER_SECONDS = 1.0
 
 DatabaseUnavailable = (peewee.OperationalError, peewee.InterfaceError)
+MISSING_DATABASE = re.compile(r'database "(.+?)" does not exist')
 INVALID_STATEMENT_NAME = "26000"
 DUPLICATE_PREPARED_STATEMENT = "42P05"
 
@@ -140,19 +143,42 @@ def bind_database(db: peewee.Database) -> None:
     database.initialize(db)
 
 
+class DatabaseMissing(RuntimeError):
+    """The server answers but has no such database: waiting would not help."""
+
+
 def create_tables(wait_seconds: float) -> None:
-    """Create missing tables, retrying while the database is still starting (blocking)."""
+    """Create missing tables, retrying while the database is still starting (blocking); a database
+    that does not exist fails at once, saying how to create it."""
     deadline = time.monotonic() + wait_seconds
+    reason = ""
     while True:
         try:
             with database.connection_context():
                 database.create_tables(MODELS, safe=True)
             return
         except DatabaseUnavailable as error:
+            missing = MISSING_DATABASE.search(str(error))
+            if missing:
+                raise DatabaseMissing(
+                    f"{missing.group(0)}; create it: {createdb_command(missing.group(1))}"
+                ) from None
             if time.monotonic() >= deadline:
                 raise
-            log.info("database not ready (%s), retrying", first_line(error))
+            if first_line(error) != reason:  # once per reason, not every half second
+                reason = first_line(error)
+                log.info("waiting up to %gs for the database: %s", wait_seconds, reason)
             time.sleep(0.5)
+
+
+def createdb_command(name: str) -> str:
+    """The createdb command line for `name` on the bound database's server (never its password)."""
+    params = database.obj.connect_params
+    words = ["createdb"]
+    for key, flag in (("host", "-h"), ("port", "-p"), ("user", "-U")):
+        if key in params:
+            words += [flag, str(params[key])]
+    return shlex.join([*words, name])
 
 
 def with_connection(work: Callable[P, R]) -> Callable[P, R]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -50,6 +51,8 @@ BODY_CHUNK_BYTES = 1024 * 1024
 SOCKET_READ_BYTES = 64 * 1024
 USER_BATCH_ITEMS = 256
 QUESTION_BATCH_ROWS = 1000
+# A closed terminal sends SIGHUP: the service stops as on SIGTERM or Ctrl-C.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def make_app(settings: Settings) -> Application:
@@ -141,17 +144,20 @@ def close_app(app: Application) -> None:
     database.close_all()
 
 
-async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
-    """Serve on `sockets` until SIGTERM or SIGINT, then let in-flight requests finish within the
-    grace period."""
+async def serve(settings: Settings, sockets: list[socket.socket], announce: bool = True) -> None:
+    """Serve on `sockets` until SIGTERM, SIGINT or SIGHUP, then let in-flight requests finish within
+    the grace period. `announce`: log the line that says where to go once serving."""
     app = make_app(settings)
     server = make_server(app, settings)
     server.add_sockets(sockets)
-    log.info("listening on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
+    port = sockets[0].getsockname()[1]
+    log.info("listening on %s:%d (pid %d)", settings.host, port, os.getpid())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stopping.set)
+    if announce:
+        log.info("ready: %s", docs_url(settings.host, port))
     await stopping.wait()
     log.info("stopping: no new connections, waiting up to %gs for requests", settings.shutdown_grace_seconds)
     server.stop()
@@ -163,6 +169,15 @@ async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
     await app.settings["in_flight"].drained(CUT_OFF_SECONDS)
     close_app(app)
     log.info("stopped")
+
+
+def docs_url(host: str, port: int) -> str:
+    """Where a browser on this machine finds the service's /docs."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/docs"
 
 
 def close_sockets(sockets: list[socket.socket]) -> None:
@@ -187,7 +202,7 @@ def bind_worker_sockets(settings: Settings) -> list[list[socket.socket]]:
 
 
 def run_workers(settings: Settings, worker_sockets: list[list[socket.socket]]) -> int:
-    """Fork one process per socket set, pass SIGTERM and SIGINT on to them, and return once all have
+    """Fork one process per socket set, pass SIGTERM, SIGINT and SIGHUP on to them, and return once all have
     ended: 0 if all stopped cleanly. A worker that dies on its own stops the others, so the service
     restarts as a whole. Each socket stays open only in its own worker: the kernel keeps handing
     connections to a listening socket for as long as any process holds it."""
@@ -200,7 +215,7 @@ def run_workers(settings: Settings, worker_sockets: list[list[socket.socket]]) -
                 for sockets in worker_sockets:
                     if sockets is not own:
                         close_sockets(sockets)
-                asyncio.run(serve(settings, own))
+                asyncio.run(serve(settings, own, announce=own is worker_sockets[0]))
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
                 code = 1
@@ -217,8 +232,8 @@ def run_workers(settings: Settings, worker_sockets: list[list[socket.socket]]) -
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, stop_children)
-    signal.signal(signal.SIGINT, stop_children)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop_children)
     status = 0
     while children:
         pid, wait_status = os.wait()
@@ -231,6 +246,11 @@ def run_workers(settings: Settings, worker_sockets: list[list[socket.socket]]) -
     return status
 
 
+def interrupt(signum: int, frame: object) -> None:
+    """Turn a stop signal into KeyboardInterrupt, as Python does for SIGINT."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Read the configuration, start the database if embedded, and serve."""
     try:
@@ -238,14 +258,24 @@ def main() -> None:
     except ConfigError as error:
         sys.exit(f"configuration error: {error}")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.database_url is None:
-        settings = replace(settings, database_url=start_embedded_postgres(settings.embedded_db_dir))
+    # Until serve() takes over, SIGTERM and SIGHUP (a closed terminal) stop start-up as Ctrl-C does:
+    # through the exit handlers, which stop an embedded PostgreSQL this process started.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
     try:
+        if settings.database_url is None:
+            settings = replace(settings, database_url=start_embedded_postgres(settings.embedded_db_dir))
         media = prepare_storage(settings)
         if settings.workers > 1:
             sys.exit(run_workers(settings, bind_worker_sockets(settings)))
         asyncio.run(serve(settings, bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)))
+    except KeyboardInterrupt:
+        sys.exit("stopped during start-up")
     except Exception as error:  # a start-up failure: one line, not a traceback
+        if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+            sys.exit(
+                f"cannot start: port {settings.port} is in use; choose a free one with PORT=, e.g. PORT=8080"
+            )
         sys.exit(f"cannot start: {type(error).__name__}: {first_line(error)}")
     media.close()
 
