@@ -31,7 +31,7 @@ test: lint
 # it ends with the service: on Ctrl-C, a closed terminal (SIGHUP), SIGTERM or a failed start.
 run: $(BIN)/.run-installed
 	@standin=$$($(BIN)/python -m jservice --port $(STANDIN_PORT) --detach) || exit 1; \
-	trap 'kill $$standin 2>/dev/null' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; trap 'exit 129' HUP; \
+	trap 'kill $$standin 2>/dev/null' EXIT; trap 'exit $$?' INT TERM HUP; \
 	JSERVICE_URL=$${JSERVICE_URL:-http://127.0.0.1:$(STANDIN_PORT)} $(BIN)/python server.py
 
 standin: $(BIN)/.run-installed

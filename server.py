@@ -269,8 +269,9 @@ def main() -> None:
         if settings.workers > 1:
             sys.exit(run_workers(settings, bind_worker_sockets(settings)))
         asyncio.run(serve(settings, bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)))
-    except KeyboardInterrupt:
-        sys.exit("stopped during start-up")
+    except KeyboardInterrupt:  # stopping on request is no failure: no exit status for make to report
+        log.info("stopped during start-up")
+        return
     except Exception as error:  # a start-up failure: one line, not a traceback
         if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
             sys.exit(

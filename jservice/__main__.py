@@ -8,6 +8,7 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 import sys
 
@@ -42,11 +43,15 @@ def bind(host: str, port: int) -> list[socket.socket]:
 def detach() -> None:
     """Fork: the parent prints the child's pid and exits; the child goes on serving. The child's
     stdout becomes its stderr, so that `$(python -m jservice --detach)` returns at once."""
+    # A Ctrl-C during the fork reaches the child once it can take it, never half-way through it.
+    stop_signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     pid = os.fork()
     if pid:
         print(pid, flush=True)
         os._exit(0)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
 
 
 def main() -> None:
@@ -65,9 +70,9 @@ def main() -> None:
     sockets = bind(args.host, args.port)
     port = sockets[0].getsockname()[1]
     logging.getLogger("jservice").info("jService stand-in on http://%s:%d", args.host, port)
-    if args.detach:
-        detach()
     with contextlib.suppress(KeyboardInterrupt):
+        if args.detach:
+            detach()
         asyncio.run(run(sockets, behaviour))
 
 
