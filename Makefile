@@ -11,11 +11,12 @@ $(BIN)/.installed: requirements.txt requirements-run.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@ $(BIN)/.run-installed
 
-# `make run` installs only what running needs (requirements-run.txt), not the development tools.
+# `make run` installs only what running needs (requirements-run.txt), not the development tools,
+# and says so instead of pip's lines (-qq: errors only).
 $(BIN)/.run-installed: requirements.txt requirements-run.txt
-	@echo "make run: installing the service's packages into $(VENV)/ (once; about 20 s)..."
+	@echo "make run: installing the service's packages into $(VENV)/ (first run only, about 20 s)..."
 	@$(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-run.txt
+	@$(BIN)/python -m pip install -qq --disable-pip-version-check -r requirements-run.txt
 	@touch $@
 
 lint: $(BIN)/.installed
