@@ -157,7 +157,7 @@ async def serve(settings: Settings, sockets: list[socket.socket], announce: bool
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stopping.set)
     if announce:
-        log.info("ready: %s", docs_url(settings.host, port))
+        log.info("ready: %s", docs_url(settings, port))
     await stopping.wait()
     log.info("stopping: no new connections, waiting up to %gs for requests", settings.shutdown_grace_seconds)
     server.stop()
@@ -171,8 +171,11 @@ async def serve(settings: Settings, sockets: list[socket.socket], announce: bool
     log.info("stopped")
 
 
-def docs_url(host: str, port: int) -> str:
-    """Where a browser on this machine finds the service's /docs."""
+def docs_url(settings: Settings, port: int) -> str:
+    """Where a browser finds the service's /docs: under PUBLIC_URL, else on this machine."""
+    if settings.public_url:
+        return f"{settings.public_url}/docs"
+    host = settings.host
     if host in ("", "0.0.0.0", "::"):
         host = "localhost"
     elif ":" in host:

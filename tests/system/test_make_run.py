@@ -14,16 +14,24 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import pytest
 
+from config import VARIABLES, Settings
+from server import docs_url
 from tests.support import ROOT, free_port, start_server_process
 
-# A make of its own: not a sub-make of the `make test` that may be running these tests.
-MAKE_ENV = {name: value for name, value in os.environ.items() if name not in ("MAKEFLAGS", "MAKELEVEL")}
+# A make of its own (not a sub-make of the `make test` that may be running these tests), with the
+# service's defaults (none of its settings from this environment).
+MAKE_ENV = {
+    name: value
+    for name, value in os.environ.items()
+    if name not in VARIABLES and name not in ("MAKEFLAGS", "MAKELEVEL")
+}
 READY_SECONDS = 120
 STOP_SECONDS = 60
 
@@ -196,3 +204,16 @@ def test_a_missing_database_is_not_waited_for_and_says_createdb(database_url, tm
     assert lines[-1].startswith('cannot start: DatabaseMissing: database "no_such_database" does not exist')
     assert "createdb " in lines[-1] and lines[-1].endswith(" no_such_database")
     assert not any("waiting" in line for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    ("overrides", "url"),
+    [
+        ({}, "http://localhost:8000/docs"),
+        ({"host": "127.0.0.1"}, "http://127.0.0.1:8000/docs"),
+        ({"host": "::1"}, "http://[::1]:8000/docs"),
+        ({"public_url": "https://audio.example.org"}, "https://audio.example.org/docs"),
+    ],
+)
+def test_the_ready_line_names_where_a_browser_finds_the_docs(overrides, url):
+    assert docs_url(replace(Settings(), **overrides), 8000) == url
