@@ -14,7 +14,7 @@ $(BIN)/.installed: requirements.txt requirements-run.txt requirements-dev.txt
 # `make run` installs only what running needs (requirements-run.txt), not the development tools,
 # and says so instead of pip's lines (-qq: errors only).
 $(BIN)/.run-installed: requirements.txt requirements-run.txt
-	@echo "make run: installing the service's packages into $(VENV)/ (first run only, about 20 s)..."
+	@echo "make run: installing the service's packages into $(VENV)/ (first run only, about 15 s)..."
 	@$(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -qq --disable-pip-version-check -r requirements-run.txt
 	@touch $@
