@@ -36,6 +36,14 @@ def start_embedded_postgres(directory: Path) -> str:
     return url
 
 
+def stop_embedded_postgres(directory: Path) -> None:
+    """Let go of the cluster in `directory` now rather than at exit: it stops unless another
+    process still uses it."""
+    from pgserver import postgres_server
+
+    postgres_server.get_server(directory.resolve()).cleanup()
+
+
 def forget_ended_processes(handles: Path) -> None:
     """Drop the processes that ended without letting go of the cluster (SIGKILL) from pgserver's
     list: with one left there, every later exit sees another user and leaves PostgreSQL running."""

@@ -17,7 +17,7 @@ import tornado.testing
 from tornado.web import Application
 
 from config import Settings
-from embedded_db import start_embedded_postgres
+from embedded_db import start_embedded_postgres, stop_embedded_postgres
 from jservice.standin import Behaviour, make_standin_app
 from models import MODELS, bind_database, create_tables, database, open_database
 from server import close_app, make_app, make_server
@@ -27,7 +27,10 @@ from tests.support import sql
 @pytest.fixture(scope="session")
 def database_url(pg_parent: Path) -> Iterator[str]:
     """A fresh database for this test session on TEST_DATABASE_URL's server, else an embedded one."""
-    server_url = os.environ.get("TEST_DATABASE_URL") or start_embedded_postgres(pg_parent / "pgdata")
+    server_url = os.environ.get("TEST_DATABASE_URL", "")
+    embedded = None if server_url else pg_parent / "pgdata"
+    if embedded is not None:
+        server_url = start_embedded_postgres(embedded)
     name = f"quiz_test_{uuid.uuid4().hex[:12]}"
     sql(server_url, f"CREATE DATABASE {name}")
     url = _with_database(server_url, name)
@@ -36,6 +39,8 @@ def database_url(pg_parent: Path) -> Iterator[str]:
     database.close_all()
     yield url
     sql(server_url, f"DROP DATABASE {name} WITH (FORCE)")
+    if embedded is not None:
+        stop_embedded_postgres(embedded)  # before `pg_parent` deletes its directory
 
 
 @pytest.fixture(scope="session")
