@@ -6,10 +6,18 @@ STANDIN_PORT ?= 8001
 
 .PHONY: test lint run standin clean bench bench-quick soak
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+$(BIN)/.installed: requirements.txt requirements-run.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	touch $@
+	touch $@ $(BIN)/.run-installed
+
+# `make run` installs only what running needs (requirements-run.txt), not the development tools,
+# and says so instead of pip's lines (-qq: errors only).
+$(BIN)/.run-installed: requirements.txt requirements-run.txt
+	@echo "make run: installing the service's packages into $(VENV)/ (first run only, about 15 s)..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -qq --disable-pip-version-check -r requirements-run.txt
+	@touch $@
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -19,13 +27,15 @@ lint: $(BIN)/.installed
 test: lint
 	$(BIN)/pytest
 
-# The stand-in and the service on the embedded PostgreSQL: try the API at http://localhost:8000.
-run: $(BIN)/.installed
-	$(BIN)/python -m jservice --port $(STANDIN_PORT) & standin=$$!; \
-	trap 'kill $$standin' EXIT INT TERM; \
+# The stand-in and the service on the embedded PostgreSQL: try the API at http://localhost:8000/docs.
+# The stand-in detaches once it listens (or fails with one line, and the service is not started);
+# it ends with the service: on Ctrl-C, a closed terminal (SIGHUP), SIGTERM or a failed start.
+run: $(BIN)/.run-installed
+	@standin=$$($(BIN)/python -m jservice --port $(STANDIN_PORT) --detach) || exit 1; \
+	trap 'kill $$standin 2>/dev/null' EXIT; trap 'exit $$?' INT TERM HUP; \
 	JSERVICE_URL=$${JSERVICE_URL:-http://127.0.0.1:$(STANDIN_PORT)} $(BIN)/python server.py
 
-standin: $(BIN)/.installed
+standin: $(BIN)/.run-installed
 	$(BIN)/python -m jservice --host 0.0.0.0 --port $(STANDIN_PORT)
 
 # Benchmarks (README "Performance"). HTTP load comes from wrk (required) and nginx is the download

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
+import shlex
 import time
 import weakref
 from collections.abc import Callable
@@ -30,13 +32,13 @@ PING_AFTER_SECONDS = 1.0
 # The advisory lock that serialises table creation: instances starting together would otherwise
 # race on CREATE TABLE IF NOT EXISTS and one fail with a unique violation on pg_type.
 SCHEMA_LOCK = 0x5155495A  # "QUIZ"
-UNDEFINED_DATABASE = "3D000"
+MISSING_DATABASE = re.compile(r'database "(.+?)" does not exist')
 
 DatabaseUnavailable = (peewee.OperationalError, peewee.InterfaceError)
 
 
 class DatabaseMissing(RuntimeError):
-    """The server answers but has no such database: waiting will not help."""
+    """The server answers but has no such database: waiting would not help."""
 
 
 def storable_text(text: str) -> bool:
@@ -89,8 +91,10 @@ def bind_database(db: peewee.Database) -> None:
 
 def create_tables(wait_seconds: float) -> None:
     """Create missing tables under an advisory lock (instances may start together), retrying while
-    the database is still starting (blocking); DatabaseMissing when it does not exist."""
+    the database is still starting (blocking); a database that does not exist fails at once,
+    saying how to create it."""
     deadline = time.monotonic() + wait_seconds
+    reason = ""
     while True:
         try:
             with database.connection_context(), database.atomic():
@@ -98,12 +102,27 @@ def create_tables(wait_seconds: float) -> None:
                 database.create_tables(MODELS, safe=True)
             return
         except DatabaseUnavailable as error:
-            if _sqlstate(error) == UNDEFINED_DATABASE or "does not exist" in first_line(error):
-                raise DatabaseMissing(first_line(error)) from None
+            missing = MISSING_DATABASE.search(str(error))
+            if missing:
+                raise DatabaseMissing(
+                    f"{missing.group(0)}; create it: {createdb_command(missing.group(1))}"
+                ) from None
             if time.monotonic() >= deadline:
                 raise
-            log.info("database not ready (%s), retrying", first_line(error))
+            if first_line(error) != reason:  # once per reason, not every half second
+                reason = first_line(error)
+                log.info("waiting up to %gs for the database: %s", wait_seconds, reason)
             time.sleep(0.5)
+
+
+def createdb_command(name: str) -> str:
+    """The createdb command line for `name` on the bound database's server (never its password)."""
+    params = database.obj.connect_params
+    words = ["createdb"]
+    for key, flag in (("host", "-h"), ("port", "-p"), ("user", "-U")):
+        if key in params:
+            words += [flag, str(params[key])]
+    return shlex.join([*words, name])
 
 
 def _sqlstate(error: peewee.PeeweeException) -> str | None:

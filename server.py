@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -53,6 +54,8 @@ IO_THREADS = 4
 BODY_CHUNK_BYTES = 1024 * 1024
 USER_BATCH_ITEMS = 256
 QUESTION_BATCH_ROWS = 1000
+# A closed terminal sends SIGHUP: the service stops as on SIGTERM or Ctrl-C.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def make_app(settings: Settings) -> Application:
@@ -176,18 +179,21 @@ def close_app(app: Application) -> None:
     database.close_all()
 
 
-async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
-    """Serve on `sockets` until SIGTERM or SIGINT, then let in-flight requests finish within the
-    grace period."""
+async def serve(settings: Settings, sockets: list[socket.socket], announce: bool = True) -> None:
+    """Serve on `sockets` until SIGTERM, SIGINT or SIGHUP, then let in-flight requests finish within
+    the grace period. `announce`: log the line that says where to go once serving."""
     app = make_app(settings)
     server = make_server(app, settings)
     server.add_sockets(sockets)
     sweeping = asyncio.ensure_future(sweep_now_and_then(app, settings.orphan_grace_seconds))
-    log.info("listening on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
+    port = sockets[0].getsockname()[1]
+    log.info("listening on %s:%d (pid %d)", settings.host, port, os.getpid())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stopping.set)
+    if announce:
+        log.info("ready: %s", docs_url(settings, port))
     await stopping.wait()
     log.info("stopping: no new connections, waiting up to %gs for requests", settings.shutdown_grace_seconds)
     server.stop()
@@ -200,6 +206,18 @@ async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
     await app.settings["in_flight"].drained(CUT_OFF_SECONDS)
     close_app(app)
     log.info("stopped")
+
+
+def docs_url(settings: Settings, port: int) -> str:
+    """Where a browser finds the service's /docs: under PUBLIC_URL, else on this machine."""
+    if settings.public_url:
+        return f"{settings.public_url}/docs"
+    host = settings.host
+    if host in ("", "0.0.0.0", "::"):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/docs"
 
 
 def close_sockets(sockets: list[socket.socket]) -> None:
@@ -224,7 +242,7 @@ def bind_worker_sockets(settings: Settings) -> list[list[socket.socket]]:
 
 
 def run_workers(settings: Settings, worker_sockets: list[list[socket.socket]]) -> int:
-    """Fork one process per socket set, pass SIGTERM and SIGINT on to them, and return once all have
+    """Fork one process per socket set, pass SIGTERM, SIGINT and SIGHUP on to them, and return once all have
     ended: 0 if all stopped cleanly. A worker that dies on its own stops the others, so the service
     restarts as a whole. Each socket stays open only in its own worker: the kernel keeps handing
     connections to a listening socket for as long as any process holds it."""
@@ -237,7 +255,7 @@ def run_workers(settings: Settings, worker_sockets: list[list[socket.socket]]) -
                 for sockets in worker_sockets:
                     if sockets is not own:
                         close_sockets(sockets)
-                asyncio.run(serve(settings, own))
+                asyncio.run(serve(settings, own, announce=own is worker_sockets[0]))
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
                 code = 1
@@ -254,8 +272,8 @@ def run_workers(settings: Settings, worker_sockets: list[list[socket.socket]]) -
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, stop_children)
-    signal.signal(signal.SIGINT, stop_children)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop_children)
     status = 0
     while children:
         pid, wait_status = os.wait()
@@ -268,6 +286,11 @@ def run_workers(settings: Settings, worker_sockets: list[list[socket.socket]]) -
     return status
 
 
+def interrupt(signum: int, frame: object) -> None:
+    """Turn a stop signal into KeyboardInterrupt, as Python does for SIGINT."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Read the configuration, start the database if embedded, and serve."""
     try:
@@ -275,14 +298,25 @@ def main() -> None:
     except ConfigError as error:
         sys.exit(f"configuration error: {error}")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.database_url is None:
-        settings = replace(settings, database_url=start_embedded_postgres(settings.embedded_db_dir))
+    # Until serve() takes over, SIGTERM and SIGHUP (a closed terminal) stop start-up as Ctrl-C does:
+    # through the exit handlers, which stop an embedded PostgreSQL this process started.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
     try:
+        if settings.database_url is None:
+            settings = replace(settings, database_url=start_embedded_postgres(settings.embedded_db_dir))
         prepare_instance(settings)
         if settings.workers > 1:
             sys.exit(run_workers(settings, bind_worker_sockets(settings)))
         asyncio.run(serve(settings, bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)))
+    except KeyboardInterrupt:  # stopping on request is no failure: no exit status for make to report
+        log.info("stopped during start-up")
+        return
     except Exception as error:  # a start-up failure: one line, not a traceback
+        if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+            sys.exit(
+                f"cannot start: port {settings.port} is in use; choose a free one with PORT=, e.g. PORT=8080"
+            )
         sys.exit(f"cannot start: {type(error).__name__}: {first_line(error)}")
 
 

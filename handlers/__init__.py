@@ -2,13 +2,14 @@
 
 from typing import Any
 
-from handlers.docs import SWAGGER_UI_DIR, DocsAssetHandler, DocsHandler, OpenApiHandler
+from handlers.docs import SWAGGER_UI_DIR, DocsAssetHandler, DocsHandler, OpenApiHandler, RootHandler
 from handlers.health import HealthHandler
 from handlers.questions import QuestionsHandler
 from handlers.records import RecordHandler, RecordUploadHandler, UserRecordsHandler
 from handlers.users import UserHandler, UsersHandler
 
 ROUTES: list[tuple[str, Any] | tuple[str, Any, dict[str, Any]]] = [
+    (r"/", RootHandler),
     (r"/health", HealthHandler),
     (r"/questions", QuestionsHandler),
     (r"/users", UsersHandler),

@@ -76,6 +76,14 @@ class DocsHandler(BaseHandler):
         self.finish(DOCS_PAGE)
 
 
+class RootHandler(BaseHandler):
+    """GET /: a browser opening the service's address lands on its documentation."""
+
+    def get(self) -> None:
+        """Redirect to /docs."""
+        self.redirect("/docs")
+
+
 class DocsAssetHandler(BaseHandler, StaticFileHandler):
     """Swagger UI's scripts and styles, from the swagger-ui-bundle package: StaticFileHandler's
     serving (Range, HEAD, 304) with this API's problem documents."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -16,7 +18,7 @@ from tornado.web import Application
 
 from config import Settings
 from database import bind_database, create_tables, open_database
-from embedded_db import start_embedded_postgres
+from embedded_db import start_embedded_postgres, stop_embedded_postgres
 from jservice.standin import Behaviour, make_standin_app
 from models import MODELS, database
 from server import close_app, make_app, make_server
@@ -25,11 +27,12 @@ from tests.support import sql
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url(pg_parent: Path) -> Iterator[str]:
     """A fresh database for this test session on TEST_DATABASE_URL's server, else an embedded one."""
-    server_url = os.environ.get("TEST_DATABASE_URL") or start_embedded_postgres(
-        tmp_path_factory.mktemp("pg") / "pgdata"
-    )
+    server_url = os.environ.get("TEST_DATABASE_URL", "")
+    embedded = None if server_url else pg_parent / "pgdata"
+    if embedded is not None:
+        server_url = start_embedded_postgres(embedded)
     name = f"quiz_test_{uuid.uuid4().hex[:12]}"
     sql(server_url, f"CREATE DATABASE {name}")
     url = _with_database(server_url, name)
@@ -38,6 +41,18 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     database.close_all()
     yield url
     sql(server_url, f"DROP DATABASE {name} WITH (FORCE)")
+    if embedded is not None:
+        stop_embedded_postgres(embedded)  # before `pg_parent` deletes its directory
+
+
+@pytest.fixture(scope="session")
+def pg_parent() -> Iterator[Path]:
+    """A directory for embedded clusters outside pytest's own temporary tree: as root, PostgreSQL
+    runs as the `pgserver` user, and every pytest that starts takes other users' access to that
+    tree away again (mode 0700), which breaks a cluster another test session is starting."""
+    directory = Path(tempfile.mkdtemp(prefix="quiz-tests-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _with_database(url: str, name: str) -> str:

@@ -364,7 +364,8 @@ async def test_a_client_that_leaves_during_conversion_stops_it(base_url, db, use
     await poll(lambda: ffmpeg_running(app))
     client.close()  # the client gives up while ffmpeg is at work: nobody will get the link
     await poll(lambda: app.settings["conversions"].reserved == 0 and not ffmpeg_running(app))
-    assert "POST /records 503" in caplog.text  # stopped, not converted to the end and thrown away
+    # Stopped, not converted to the end and thrown away; the answer is logged a moment later.
+    await poll(lambda: "POST /records 503" in caplog.text)
     assert record_count(db) == 0
     assert media_files(settings) == []
 
