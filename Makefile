@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STANDIN_PORT ?= 8001
 
-.PHONY: test lint run standin clean bench bench-quick soak
+.PHONY: test lint run standin clean bench bench-quick soak test-docker
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/pytest
+
+# docker-compose.yml built, started and exercised on a Docker engine (skips when none answers);
+# CI runs it after `make test`. The first build compiles ffmpeg: a few minutes on two cores.
+test-docker: $(BIN)/.installed
+	$(BIN)/pytest tests/system -m docker
 
 # The stand-in and the service on the embedded PostgreSQL: try the API at http://localhost:8000.
 run: $(BIN)/.installed

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 
 from tornado.httpserver import HTTPServer
 
@@ -15,11 +16,21 @@ LISTEN_BACKLOG = 1024
 
 
 async def run(host: str, port: int, behaviour: Behaviour) -> None:
-    """Serve the stand-in until the process is stopped."""
+    """Serve the stand-in until SIGTERM or SIGINT, then stop cleanly (exit status 0). As PID 1 in a
+    container a process has no default action for SIGTERM: without a handler, Docker waits out its
+    grace period and kills it."""
     server = HTTPServer(make_standin_app(behaviour))
     server.listen(port, host, backlog=LISTEN_BACKLOG)
-    logging.getLogger("jservice").info("jService stand-in on http://%s:%d", host, port)
-    await asyncio.Event().wait()
+    log = logging.getLogger("jservice")
+    log.info("jService stand-in on http://%s:%d", host, port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    server.stop()
+    await server.close_all_connections()
+    log.info("stopped")
 
 
 def main() -> None:
