@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,10 +17,31 @@ from urllib.parse import urlsplit
 
 from bench.client import Connection
 from bench.processes import HOST, die_with_parent
+from converters.ffmpeg import find_ffmpeg
 from converters.scheduling import schedule_as_batch_work
 
 MP3_BITRATE = "192k"
 FFMPEG_TIMEOUT_SECONDS = 600
+# The ffmpeg the image ships, copied out of it by `make image-ffmpeg` (which `make bench` runs where a
+# Docker engine answers): a static binary, so it runs here as it runs in the container.
+IMAGE_FFMPEG = Path(sys.prefix) / "image-ffmpeg"
+
+
+def measured_ffmpeg() -> tuple[str, str]:
+    """The ffmpeg whose conversions the bench measures (the service's and the raw ones), and where it
+    comes from: FFMPEG_BINARY if set, else the image's, else the one the service finds on this machine."""
+    configured = os.environ.get("FFMPEG_BINARY")
+    if configured:
+        return find_ffmpeg(configured), "FFMPEG_BINARY"
+    if IMAGE_FFMPEG.is_file():
+        return str(IMAGE_FFMPEG), "the image's, copied out by `make image-ffmpeg`"
+    return find_ffmpeg(None), "this machine's, NOT the image's (no Docker engine to copy it from)"
+
+
+def ffmpeg_version(ffmpeg: str) -> str:
+    """The first line of `ffmpeg -version`."""
+    result = subprocess.run([ffmpeg, "-version"], capture_output=True, text=True, timeout=30)
+    return (result.stdout.splitlines() or ["?"])[0]
 
 
 def make_wav(ffmpeg: str, seconds: float, path: Path) -> Path:

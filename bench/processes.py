@@ -139,11 +139,15 @@ def start_standin(processes: Processes) -> int:
     return port
 
 
-def start_server(processes: Processes, database_url: str, standin_port: int) -> int:
-    """`python server.py` as the image runs it (LOG_LEVEL=WARNING: no access log); returns its port."""
+def start_server(
+    processes: Processes, database_url: str, standin_port: int, ffmpeg: str | None = None
+) -> int:
+    """`python server.py` as the image runs it (LOG_LEVEL=WARNING: no access log), with `ffmpeg` as
+    its FFMPEG_BINARY when given; returns its port."""
     port = free_port()
     env = {
         **base_env(),
+        **({"FFMPEG_BINARY": ffmpeg} if ffmpeg else {}),
         "DATABASE_URL": database_url,
         "JSERVICE_URL": f"http://{HOST}:{standin_port}",
         "HOST": HOST,

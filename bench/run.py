@@ -25,7 +25,7 @@ import time
 from types import FrameType
 
 from bench.load import PYTHON_TOOL
-from bench.media import create_user, make_wav
+from bench.media import create_user, ffmpeg_version, make_wav, measured_ffmpeg
 from bench.memory import harness_cpu_seconds, machine_busy_percent, machine_busy_seconds, tree_cpu_seconds
 from bench.processes import (
     SERVER_LOG_LEVEL,
@@ -84,10 +84,12 @@ def benchmark(profile: Profile, quick: bool, workdir: Path, names: list[str]) ->
     """Start what the run needs, run it, print the results; always stop what was started."""
     wrk, nginx = shutil.which("wrk"), shutil.which("nginx")
     tool = "wrk" if wrk else PYTHON_TOOL
-    ffmpeg = find_ffmpeg(None)
+    ffmpeg, origin = measured_ffmpeg()
+    wav_maker = find_ffmpeg(None)  # the measured one may be built for WAV to MP3 only (no lavfi)
     print(machine())
     print(f"mode: {'quick' if quick else 'full'}, {profile.reps} rep(s) per scenario; load: {tool}")
-    print(f"nginx: {nginx or 'not installed (nginx ratio n/a)'}; ffmpeg: {ffmpeg}")
+    print(f"nginx: {nginx or 'not installed (nginx ratio n/a)'}")
+    print(f"ffmpeg measured: {ffmpeg}, {origin}: {ffmpeg_version(ffmpeg)}")
     print(
         f"server: python server.py, LOG_LEVEL={SERVER_LOG_LEVEL} (so the access log does not dominate),"
         " other settings at their defaults"
@@ -97,9 +99,9 @@ def benchmark(profile: Profile, quick: bool, workdir: Path, names: list[str]) ->
     try:
         database = create_database(workdir)
         seconds = {profile.one_seconds, profile.parallel_seconds, profile.memory_seconds}
-        wavs = {s: make_wav(ffmpeg, s, workdir / f"sine-{s:g}s.wav") for s in sorted(seconds)}
+        wavs = {s: make_wav(wav_maker, s, workdir / f"sine-{s:g}s.wav") for s in sorted(seconds)}
         standin_port = start_standin(processes)
-        server_port = start_server(processes, database.url, standin_port)
+        server_port = start_server(processes, database.url, standin_port, ffmpeg)
         bench = Bench(
             profile=profile,
             processes=processes,
