@@ -398,6 +398,21 @@ async def test_backups_as_documented(stack: Stack, tmp_path):
 
 
 @pytest.mark.gen_test(timeout=300)
+async def test_changing_the_database_password_as_documented(stack: Stack, tmp_path):
+    data = await store_data(stack, tmp_path)
+    changed = {"POSTGRES_PASSWORD": "changed-later"}
+    try:
+        stack.line("""exec -T db psql -U quiz -d quiz -c "ALTER USER quiz PASSWORD 'changed-later'" """)
+        stack.compose("up", "--detach", "--wait", "--wait-timeout", str(HEALTHY_TIMEOUT), env=changed)
+        await assert_data_kept(stack, data)
+        assert sql(stack.database_url.replace("quiz:quiz@", "quiz:changed-later@"), "SELECT 1") == [(1,)]
+    finally:
+        stack.line("""exec -T db psql -U quiz -d quiz -c "ALTER USER quiz PASSWORD 'quiz'" """, env=changed)
+        stack.compose("up", "--detach", "--wait", "--wait-timeout", str(HEALTHY_TIMEOUT))
+    await assert_data_kept(stack, data)
+
+
+@pytest.mark.gen_test(timeout=300)
 async def test_a_media_folder_docker_created_says_what_to_do(stack: Stack, tmp_path):
     host_media = tmp_path / "media"  # not there: Docker creates it, owned by root
     bound = {"MEDIA_DIR_HOST": str(host_media)}
