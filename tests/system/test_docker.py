@@ -194,8 +194,10 @@ def report(config: pytest.Config, stack: Stack) -> None:
     """One line of figures in the test run's output (measured, never asserted)."""
     figures = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stack.timings.items())
     terminal = config.pluginmanager.get_plugin("terminalreporter")
-    if terminal is not None:
-        terminal.write_line(f"\ndocker stack: image {stack.image_bytes / 1e6:.0f} MB; {figures}")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if terminal is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # the last test's teardown: its output is captured
+            terminal.write_line(f"\ndocker stack: image {stack.image_bytes / 1e6:.0f} MB; {figures}")
 
 
 # --- the API through the published port ------------------------------------------------------
