@@ -43,7 +43,7 @@ def engine_problem() -> str | None:
         return "no `docker` command on PATH"
     info = subprocess.run(["docker", "info"], capture_output=True, text=True)
     if info.returncode != 0:
-        return f"no Docker engine answers `docker info`: {info.stderr.strip().splitlines()[-1:]}"
+        return f"no Docker engine answers `docker info`: {(info.stderr.strip().splitlines() or ['?'])[-1]}"
     compose = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
     if compose.returncode != 0:
         return "no Compose v2 (`docker compose` plugin)"
@@ -117,8 +117,9 @@ class Stack:
 
     def containers(self) -> dict[str, dict[str, Any]]:
         """`docker compose ps --all` by service: state, health, exit code, ports."""
-        output = self.compose("ps", "--all", "--format", "json").stdout
-        rows = [json.loads(line) for line in output.splitlines() if line.strip()]
+        output = self.compose("ps", "--all", "--format", "json").stdout.strip()
+        # One object a line; Compose before 2.21 printed one array.
+        rows = json.loads(output) if output.startswith("[") else [json.loads(x) for x in output.splitlines()]
         return {row["Service"]: row for row in rows}
 
     def inspect(self, service: str) -> dict[str, Any]:
