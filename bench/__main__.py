@@ -137,7 +137,7 @@ def benchmark(profile: Profile, quick: bool, names: list[str], workdir: Path) ->
     with running_service(workdir) as service:
         print(f"ffmpeg: {service.ffmpeg}", flush=True)
         seconds = sorted({profile.one_seconds, profile.parallel_seconds, profile.memory_seconds})
-        wavs = {s: make_wav(service.ffmpeg, s, workdir / f"sine-{s:g}s.wav") for s in seconds}
+        wavs = {s: make_wav(s, workdir / f"sine-{s:g}s.wav") for s in seconds}
         bench = Bench(profile, service, asyncio.run(create_user(service.url)), wavs, wrk, nginx)
         print(f"machine CPU busy just before the run (other work): {psutil.cpu_percent(1.0):.0f}%")
         busy_before, ours_before, started = machine_busy_seconds(), our_cpu_seconds(service), time.monotonic()

@@ -202,7 +202,7 @@ def percentile_ms(values: list[float], fraction: float) -> float:
 async def soak_test(service: Service, seconds: float, warm_up: float, seed: int) -> dict[str, Any]:
     """The warm-up load, the baseline, the rest of the load, the checks; the outcome as JSON."""
     workdir = service.processes.workdir
-    soak = Soak(service, {s: make_wav(service.ffmpeg, s, workdir / f"soak-{s:g}s.wav") for s in WAV_SECONDS})
+    soak = Soak(service, {s: make_wav(s, workdir / f"soak-{s:g}s.wav") for s in WAV_SECONDS})
     await load(soak, warm_up, seed)
     await settle(soak)
     baseline = snapshot(service.pid)

@@ -21,10 +21,19 @@ LISTEN_BACKLOG = 1024
 
 
 async def run(sockets: list[socket.socket], behaviour: Behaviour) -> None:
-    """Serve the stand-in on `sockets` until the process is stopped."""
+    """Serve the stand-in on `sockets` until SIGTERM, SIGINT or SIGHUP, then stop cleanly (exit
+    status 0). As PID 1 in a container a process has no default action for SIGTERM: without a
+    handler, Docker waits out its grace period and kills it."""
     server = HTTPServer(make_standin_app(behaviour))
     server.add_sockets(sockets)
-    await asyncio.Event().wait()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    server.stop()
+    await server.close_all_connections()
+    logging.getLogger("jservice").info("stopped")
 
 
 def bind(host: str, port: int) -> list[socket.socket]:

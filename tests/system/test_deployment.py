@@ -1,9 +1,12 @@
-"""The Docker files, checked statically (no Docker engine here), and the server started the way
-the image starts it, with the environment the compose file gives it."""
+"""The Docker files, checked statically (tests/system/test_docker.py runs them on a Docker engine),
+the image's healthcheck and the stand-in's signal handling, and the server started the way the image
+starts it, with the environment the compose file gives it."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +17,7 @@ import yaml
 
 from config import VARIABLES, load_settings
 from tests.audio import make_wav, multipart
-from tests.support import ROOT, call, serve_process
+from tests.support import ROOT, call, free_port, serve_process, standin_process
 
 BIN = Path(sys.executable).parent
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -73,17 +76,57 @@ def test_media_is_on_its_own_volume_at_media_dir():
     assert volume_for("app", media_dir, {"MEDIA_DIR_HOST": "/srv/media"}) == "/srv/media"
 
 
+def seconds(duration: str) -> float:
+    """A Compose duration such as `5s` or `1m30s` in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert "".join(number + unit for number, unit in parts) == duration, duration
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
 def test_every_service_has_a_healthcheck_and_a_restart_policy():
     for name, service in COMPOSE["services"].items():
         assert service["healthcheck"]["test"], name
         assert service["restart"] == "unless-stopped", name
-    assert "pg_isready" in str(COMPOSE["services"]["db"]["healthcheck"]["test"])
+    assert "pg_isready -h 127.0.0.1" in str(COMPOSE["services"]["db"]["healthcheck"]["test"])
 
 
-def test_app_waits_for_a_healthy_database_and_stand_in():
+def test_healthchecks_come_early_on_every_engine():
+    # Engines before 25 refuse start_interval and run the first check one interval after the start.
+    for name, service in COMPOSE["services"].items():
+        check = service["healthcheck"]
+        assert "start_interval" not in check, name
+        assert seconds(check["interval"]) <= 5, name
+        assert seconds(check["timeout"]) < seconds(check["interval"]), name
+
+
+def test_app_starts_beside_the_database_and_the_stand_in():
+    # Not after their first healthy check: the server waits for the database itself, and the stand-in
+    # is only asked when questions are, and then only if JSERVICE_URL points at it.
     depends = COMPOSE["services"]["app"]["depends_on"]
-    assert depends["db"]["condition"] == "service_healthy"
-    assert depends["jservice"]["condition"] == "service_healthy"
+    assert depends == {"db": {"condition": "service_started"}, "jservice": {"condition": "service_started"}}
+    assert load_settings(app_environment()).db_wait_seconds >= 30
+
+
+def test_one_image_is_built_once_for_both_services():
+    app, standin = COMPOSE["services"]["app"], COMPOSE["services"]["jservice"]
+    assert app["build"] == "." and "build" not in standin
+    assert app["image"] == standin["image"] == "${APP_IMAGE:-quiz-audio:local}"
+
+
+def test_stand_in_listens_on_the_port_the_image_exposes_and_the_app_calls():
+    command = COMPOSE["services"]["jservice"]["command"]
+    port = command[command.index("--port") + 1]
+    assert re.search(rf"^EXPOSE {port}$", DOCKERFILE, re.MULTILINE)
+    assert load_settings(app_environment()).jservice_url == f"http://jservice:{port}"
+    assert f'"{command[0]}", "-I", "-S", "/app/docker/health.py"' in str(
+        COMPOSE["services"]["jservice"]["healthcheck"]["test"]
+    ).replace("'", '"')
+
+
+def test_requests_in_flight_finish_before_docker_kills_the_app():
+    app = COMPOSE["services"]["app"]
+    assert load_settings(app_environment()).shutdown_grace_seconds < seconds(app["stop_grace_period"])
 
 
 def test_app_environment_is_valid_and_complete():
@@ -96,7 +139,7 @@ def test_app_environment_is_valid_and_complete():
         f"@db:5432/{interpolate(db['POSTGRES_DB'])}"
     )
     assert settings.database_url == expected_db
-    assert settings.jservice_url == "http://jservice:8001"
+    assert settings.jservice_url == "http://jservice:8000"
     assert (settings.host, settings.port) == ("0.0.0.0", 8000)
     assert str(settings.media_root) == "/data/media"
 
@@ -114,12 +157,28 @@ def test_app_runs_read_only_with_limits():
 
 
 def test_dockerfile_is_multi_stage_non_root_and_runs_server_py():
-    assert len(re.findall(r"^FROM python:3\.12-slim", DOCKERFILE, re.MULTILINE)) == 2
+    stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?$", DOCKERFILE, re.MULTILINE)
+    assert stages == [("python:3.12-slim", "ffmpeg"), ("python:3.12-slim", "venv"), ("python:3.12-slim", "")]
     assert re.search(r"^USER 10001:10001$", DOCKERFILE, re.MULTILINE)
-    assert "--no-install-recommends ffmpeg" in DOCKERFILE
     assert re.search(r"^EXPOSE 8000$", DOCKERFILE, re.MULTILINE)
-    assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[\"python\"", DOCKERFILE, re.MULTILINE)
+    assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[\"python\", \"-I\", \"-S\"", DOCKERFILE, re.MULTILINE)
+    assert re.search(r'^ENTRYPOINT \["/app/docker/entrypoint.sh"\]$', DOCKERFILE, re.MULTILINE)
     assert DOCKERFILE.rstrip().endswith('CMD ["python", "server.py"]')
+
+
+def test_dockerfile_needs_no_registry_but_the_base_images_and_leaves_no_anonymous_volume():
+    # A `# syntax=` line makes BuildKit fetch a frontend image; a VOLUME gives every container of the
+    # image (the stand-in too) an anonymous volume that `docker compose down` leaves behind.
+    assert not re.search(r"^#\s*syntax\s*=", DOCKERFILE, re.MULTILINE | re.IGNORECASE)
+    assert not re.search(r"^VOLUME\b", DOCKERFILE, re.MULTILINE)
+
+
+def test_image_ffmpeg_is_the_lean_static_build():
+    final_stage = DOCKERFILE.rsplit("\nFROM ", 1)[1]
+    assert "apt-get" not in final_stage  # no Debian ffmpeg and its 450 MB of libraries
+    assert "COPY --from=ffmpeg /opt/ffmpeg/ffmpeg /usr/local/bin/ffmpeg" in final_stage
+    for needed in ("--extra-ldflags=-static", "--enable-libmp3lame", "--enable-demuxer=wav", "pcm_alaw"):
+        assert needed in DOCKERFILE, needed
 
 
 def test_image_requirements_are_pinned_and_need_no_embedded_tools():
@@ -128,9 +187,16 @@ def test_image_requirements_are_pinned_and_need_no_embedded_tools():
     assert not any(line.startswith(("pgserver", "imageio-ffmpeg")) for line in lines)
 
 
-def test_dockerignore_keeps_data_and_environments_out():
+def test_dockerignore_keeps_data_backups_and_environments_out():
     ignored = set((ROOT / ".dockerignore").read_text().split())
-    assert {".git", ".venv", "data", ".pytest_cache"} <= ignored
+    assert {".git", ".venv", "data", "backups", "**/*.dump", "**/*.tgz", ".env", ".pytest_cache"} <= ignored
+    assert {"backups/", "*.dump", "*.tgz", ".env"} <= set((ROOT / ".gitignore").read_text().split())
+
+
+def test_documented_backups_go_to_the_excluded_folder():
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    written = re.findall(r"^docker compose .* > (\S+)$", doc, re.MULTILINE)
+    assert written == ["backups/quiz.dump", "backups/media.tgz"], written
 
 
 def test_readme_documents_every_setting():
@@ -168,3 +234,44 @@ async def test_server_runs_with_the_compose_environment(database_url, standin, t
             assert (await call(base, "GET", extra)).status == 200, extra
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stand_in_stops_cleanly_on_signal(tmp_path, signum):
+    # In a container the stand-in is PID 1, which has no default action for SIGTERM: without its own
+    # handler Docker waits 10 s and kills it (exit 137). Here, without a handler, SIGTERM kills it (-15).
+    process, _url = standin_process(tmp_path / "standin.log")
+    try:
+        process.send_signal(signum)
+        assert process.wait(timeout=10) == 0, (tmp_path / "standin.log").read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+async def run_health(port: int, path: str) -> tuple[int, bytes]:
+    """docker/health.py as the containers run it: its exit status and what it printed."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-I",
+        "-S",
+        str(ROOT / "docker" / "health.py"),
+        path,
+        env={"PORT": str(port)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, output
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_healthcheck_script_says_healthy_only_on_200(standin):
+    port = int(standin.url.rsplit(":", 1)[1])
+    assert await run_health(port, "/api/random?count=0") == (0, b"")
+    code, output = await run_health(port, "/nowhere")
+    assert code == 1 and b"404" in output
+    code, output = await run_health(free_port(), "/health")
+    assert code == 1 and b"unhealthy" in output
