@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STANDIN_PORT ?= 8001
 
-.PHONY: test lint run standin clean bench bench-quick soak test-docker image-ffmpeg
+.PHONY: test test-fast lint run standin clean bench bench-quick soak test-docker image-ffmpeg
 
 $(BIN)/.installed: requirements.txt requirements-run.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/pytest
+
+# The quick subset (marker `fast`: the unit tests and the quick API modules), under a minute.
+test-fast: $(BIN)/.installed
+	$(BIN)/pytest -m "fast and not docker"
 
 # docker-compose.yml built, started and exercised on a Docker engine (skips when none answers);
 # CI runs it after `make test`. The first build compiles ffmpeg: a few minutes on two cores.

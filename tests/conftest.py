@@ -26,6 +26,14 @@ from tests.s3server import SeaweedFS, start_seaweedfs
 from tests.support import sql
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every unit test belongs to the quick subset (`make test-fast`); API modules join it with
+    `pytestmark = pytest.mark.fast`."""
+    for item in items:
+        if item.nodeid.startswith("tests/unit/"):
+            item.add_marker(pytest.mark.fast)
+
+
 @pytest.fixture(scope="session")
 def database_url(pg_parent: Path) -> Iterator[str]:
     """A fresh database for this test session on TEST_DATABASE_URL's server, else an embedded one."""

@@ -14,6 +14,8 @@ import pytest
 from tests.audio import make_wav
 from tests.support import assert_problem, call, post_form, sql
 
+pytestmark = pytest.mark.fast  # part of `make test-fast`
+
 TOKEN = "11111111-2222-4333-8444-555555555555"
 
 

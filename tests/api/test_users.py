@@ -10,6 +10,8 @@ import pytest
 
 from tests.support import assert_problem, call, sql
 
+pytestmark = pytest.mark.fast  # part of `make test-fast`
+
 
 @pytest.mark.gen_test
 async def test_create_user_returns_id_token_and_location(base_url, db):

@@ -8,7 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import psutil
 
 from storage.scratch import Scratch, sweep_dead_instances
 
@@ -61,8 +64,12 @@ def test_a_sweep_stops_an_ffmpeg_a_killed_instance_left_writing(tmp_path):
     folder.mkdir()
     (tmp_path / f"{folder.name}.lock").touch()
     # Stands in for an orphaned ffmpeg: any process with a `file:<folder>/...` argument.
-    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", f"file:{folder}/x.mp3"])
+    argument = f"file:{folder}/x.mp3"
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", argument])
     try:
+        deadline = time.monotonic() + 30
+        while argument not in psutil.Process(orphan.pid).cmdline():  # until its exec has happened
+            assert time.monotonic() < deadline
         assert sweep_dead_instances(tmp_path) == 1
         assert orphan.wait(timeout=30) == -signal.SIGKILL
         assert not folder.exists()
