@@ -283,6 +283,17 @@ def test_a_conversion_starved_of_input_gives_way_when_asked(tmp_path):
     assert not settings.running._running
 
 
+def test_ffmpeg_exit_is_awaited_without_pidfd_too(tmp_path, monkeypatch):
+    def refused(pid: int) -> int:
+        raise PermissionError("pidfd_open is not allowed here")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    settings = Mp3Settings(find_ffmpeg(None), "192k", timeout=60)
+    spool = spool_of(tmp_path / "upload.wav", silent_wav(1.0))
+    convert_wav_to_mp3(settings, spool, tmp_path / "out.mp3", read_wav_info(spool.path))
+    assert (tmp_path / "out.mp3").stat().st_size > 0
+
+
 def test_a_conversion_fed_a_trickle_gives_way_too(tmp_path):
     settings = Mp3Settings(find_ffmpeg(None), "192k", timeout=60)
     wav = silent_wav(30.0)
