@@ -391,6 +391,13 @@ def ffmpeg_running(app) -> bool:
     return bool(app.settings["mp3"].running._running)
 
 
+def ffmpegs(app) -> set:
+    """The ffmpeg processes running now (copied under the lock the conversion threads take)."""
+    running = app.settings["mp3"].running
+    with running._lock:
+        return set(running._running)
+
+
 @pytest.mark.gen_test(timeout=120)
 @pytest.mark.settings(convert_workers=1, convert_queue=0)
 async def test_a_client_that_leaves_during_conversion_stops_it(base_url, db, user, app, settings, caplog):
@@ -506,10 +513,9 @@ async def test_a_conversion_waiting_for_a_slow_upload_gives_way(
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.settings(convert_workers=1, convert_queue=1)
 async def test_a_queued_conversion_whose_client_leaves_is_dropped(base_url, db, user, app, settings):
-    running = app.settings["mp3"].running._running
     long = asyncio.ensure_future(upload(base_url, user[0], user[1], silent_wav(480.0, 44100, 2)))
     try:
-        (long_ffmpeg,) = await poll(lambda: set(running))
+        (long_ffmpeg,) = await poll(lambda: ffmpegs(app))
         # Every thread is busy: this upload is read whole, then queued; its client leaves meanwhile,
         # at whichever step the server has reached (reading the body, checking the token, queued).
         form = upload_form({"id": user[0], "token": user[1]}, make_wav(0.5))
@@ -518,8 +524,9 @@ async def test_a_queued_conversion_whose_client_leaves_is_dropped(base_url, db, 
         client.close()
         await poll(lambda: app.settings["conversions"].reserved == 1)
         # Dropped, its file gone, while the long conversion still runs: never converted after it.
-        assert running == {long_ffmpeg}
-        assert len(list((settings.media_root / ".tmp").glob("*.wav"))) == 1
+        spooled = list((settings.media_root / ".tmp").glob("*.wav"))
+        assert ffmpegs(app) == {long_ffmpeg}  # so the long upload's file was still there
+        assert len(spooled) == 1
     finally:
         assert (await long).status == 201
     assert record_count(db) == 1
