@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -391,7 +392,7 @@ def ffmpeg_running(app) -> bool:
     return bool(app.settings["mp3"].running._running)
 
 
-def ffmpegs(app) -> set:
+def ffmpegs(app) -> set[subprocess.Popen[bytes]]:
     """The ffmpeg processes running now (copied under the lock the conversion threads take)."""
     running = app.settings["mp3"].running
     with running._lock:

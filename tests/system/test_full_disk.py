@@ -107,7 +107,7 @@ async def test_an_upload_on_a_full_disk_is_complete_or_refused_with_503(
     base_url, db, user, settings, small_disk, tmp_path
 ):
     form = upload_form(user, WAV)
-    outcomes = {}
+    outcomes: dict[int, bytes | None] = {}
     for headroom in HEADROOM_KIB:
         filler = leave_free(small_disk, pages(len(WAV)) + headroom * KIB)
         reply = await post_form(base_url, form)
