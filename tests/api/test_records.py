@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -356,6 +357,13 @@ def ffmpeg_running(app) -> bool:
     return bool(app.settings["mp3"].running._running)
 
 
+def ffmpegs(app) -> set[subprocess.Popen[bytes]]:
+    """The ffmpeg processes running now (copied under the lock the conversion threads take)."""
+    running = app.settings["mp3"].running
+    with running._lock:
+        return set(running._running)
+
+
 @pytest.mark.gen_test(timeout=120)
 @pytest.mark.settings(convert_workers=1, convert_queue=0)
 async def test_a_client_that_leaves_during_conversion_stops_it(base_url, db, user, app, settings, caplog):
@@ -472,10 +480,9 @@ async def test_a_conversion_waiting_for_a_slow_upload_gives_way(
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.settings(convert_workers=1, convert_queue=1)
 async def test_a_queued_conversion_whose_client_leaves_is_dropped(base_url, db, user, app, settings):
-    running = app.settings["mp3"].running._running
     long = asyncio.ensure_future(upload(base_url, user[0], user[1], silent_wav(480.0, 44100, 2)))
     try:
-        (long_ffmpeg,) = await poll(lambda: set(running))
+        (long_ffmpeg,) = await poll(lambda: ffmpegs(app))
         # Every thread is busy: this upload is read whole, then queued; its client leaves meanwhile,
         # at whichever step the server has reached (reading the body, checking the token, queued).
         form = upload_form({"id": user[0], "token": user[1]}, make_wav(0.5))
@@ -487,7 +494,7 @@ async def test_a_queued_conversion_whose_client_leaves_is_dropped(base_url, db, 
             lambda: len([path for path in scratch_files(settings.scratch_root) if path.suffix == ".wav"]) == 1
         )
         await poll(lambda: app.settings["conversions"].reserved == 1)
-        assert running == {long_ffmpeg}
+        assert ffmpegs(app) == {long_ffmpeg}  # the long conversion still runs, never this one
     finally:
         assert (await long).status == 201
     assert record_count(db) == 1

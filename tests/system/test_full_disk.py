@@ -102,11 +102,23 @@ async def download(reply: Reply, tmp_path: Path) -> bytes:
     return mp3
 
 
+def fields_last(form: tuple[bytes, str]) -> tuple[bytes, str]:
+    """The same upload with the user and token after the file: ffmpeg then reads the whole file
+    itself, where with them first it follows the upload through a pipe."""
+    body, content_type = form
+    boundary = content_type.split("boundary=")[1].encode()
+    file_part = body.index(b'name="file"')
+    first = body.rindex(b"--" + boundary, 0, file_part)
+    end = body.rindex(b"--" + boundary + b"--")
+    return body[first:end] + body[:first] + body[end:], content_type
+
+
 @pytest.mark.gen_test(timeout=240)
+@pytest.mark.parametrize("order", ["fields first", "fields last"])
 async def test_an_upload_on_a_full_disk_is_complete_or_refused_with_503(
-    base_url, db, user, settings, small_disk, tmp_path
+    base_url, db, user, settings, small_disk, tmp_path, order
 ):
-    form = upload_form(user, WAV)
+    form = upload_form(user, WAV) if order == "fields first" else fields_last(upload_form(user, WAV))
     outcomes: dict[int, bytes | None] = {}
     for headroom in HEADROOM_KIB:
         filler = leave_free(small_disk, pages(len(WAV)) + headroom * KIB)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -15,12 +16,15 @@ import pytest
 
 from converters.ffmpeg import FfmpegMissing, find_ffmpeg
 from converters.mp3 import (
+    ConversionFailed,
     ConversionInterrupted,
     ConversionTimeout,
     GaveWay,
     Mp3Settings,
     RunningConversions,
+    check_output,
     convert_wav_to_mp3,
+    ffmpeg_command,
     mp3_sample_rate,
 )
 from converters.pool import ConversionPool
@@ -235,6 +239,17 @@ def test_a_conversion_starved_of_input_gives_way_when_asked(tmp_path):
     assert not settings.running._running
 
 
+def test_ffmpeg_exit_is_awaited_without_pidfd_too(tmp_path, monkeypatch):
+    def refused(pid: int) -> int:
+        raise PermissionError("pidfd_open is not allowed here")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    settings = Mp3Settings(find_ffmpeg(None), "192k", timeout=60)
+    spool = spool_of(tmp_path / "upload.wav", silent_wav(1.0))
+    convert_wav_to_mp3(settings, spool, tmp_path / "out.mp3", read_wav_info(spool.path))
+    assert (tmp_path / "out.mp3").stat().st_size > 0
+
+
 def test_a_conversion_fed_a_trickle_gives_way_too(tmp_path):
     settings = Mp3Settings(find_ffmpeg(None), "192k", timeout=60)
     wav = silent_wav(30.0)
@@ -258,6 +273,28 @@ def test_a_conversion_fed_a_trickle_gives_way_too(tmp_path):
         finally:
             stop.set()
     assert not settings.running._running
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100])
+def test_an_mp3_counts_only_when_it_holds_every_byte_ffmpeg_reports(tmp_path, rate):
+    wav, mp3 = tmp_path / "in.wav", tmp_path / "out.mp3"
+    wav.write_bytes(silent_wav(3.0, rate, 1))
+    settings = Mp3Settings(find_ffmpeg(None), "128k", timeout=60)
+    ran = subprocess.run(ffmpeg_command(settings, mp3, read_wav_info(wav), wav), capture_output=True)
+    report = ran.stderr.decode()
+    check_output(ran.returncode, report, mp3)  # complete
+    no_space = report + "[error] Error closing file file:x.mp3: No space left on device\n"
+    with pytest.raises(OSError) as full:
+        check_output(0, no_space, mp3)  # ffmpeg 5.1 exits 0 then
+    assert full.value.errno == errno.ENOSPC
+    with pytest.raises(ConversionFailed):
+        check_output(1, report, mp3)
+    complete = mp3.read_bytes()
+    for cut in (1, 600, len(complete) // 2):  # within the last frame, the header frame's size, half
+        mp3.write_bytes(complete[:-cut])
+        with pytest.raises(OSError) as short:
+            check_output(0, report, mp3)
+        assert short.value.errno == errno.EIO
 
 
 def test_the_pool_makes_way_once_per_queued_job_and_always_when_closing():
