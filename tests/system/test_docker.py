@@ -285,7 +285,7 @@ def test_image_holds_only_the_source(stack: Stack):
     assert not {".venv", "data", "backups", "tests", ".git", ".env"} & files
     if shutil.which("git") and (ROOT / ".git").exists():
         tracked = set(run(["git", "-C", str(ROOT), "ls-files"]).stdout.splitlines())
-        tracked |= {str(Path(name).parent) for name in tracked}  # and their folders
+        tracked |= {str(folder) for name in tracked for folder in Path(name).parents}  # and their folders
         assert files <= tracked, f"not from the repository: {sorted(files - tracked)}"
 
 
