@@ -71,6 +71,9 @@ class Stack:
     env_file: Path
     timings: dict[str, float] = field(default_factory=dict)
     image_bytes: int = 0
+    # The compose files, in order (an override after the base file), and variables for them.
+    files: tuple[str, ...] = ("docker-compose.yml",)
+    variables: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -89,14 +92,16 @@ class Stack:
             "APP_PORT": str(self.app_port),
             "POSTGRES_PORT": str(self.db_port),
             "SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS),
+            **self.variables,
             **extra,
         }
 
     def compose(
         self, *args: str, timeout: float = 180, env: dict[str, str] | None = None, **options: Any
     ) -> subprocess.CompletedProcess[str]:
-        """`docker compose` on this project: the repository's compose file, no .env file."""
-        files = ["-f", str(ROOT / "docker-compose.yml"), "--env-file", str(self.env_file)]
+        """`docker compose` on this project: the repository's compose files, no .env file."""
+        files = [option for name in self.files for option in ("-f", str(ROOT / name))]
+        files += ["--env-file", str(self.env_file)]
         return run(
             ["docker", "compose", *files, "-p", self.project, *args],
             timeout=timeout,
@@ -167,16 +172,23 @@ class Stack:
             run(["docker", "image", "rm", "--force", *images])
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Stack]:
-    """The stack built and started, all healthy; everything it made is removed afterwards."""
+def new_stack(tmp_path_factory: pytest.TempPathFactory, prefix: str, **options: Any) -> Stack:
+    """A Stack with a project and image name of its own (`prefix` and a random token), free host
+    ports and an empty env file; skips the test where no engine answers."""
     problem = engine_problem()
     if problem:
         pytest.skip(f"needs a Docker engine with Compose v2: {problem}")
     token = uuid.uuid4().hex[:10]
     env_file = tmp_path_factory.mktemp("compose") / "empty.env"
     env_file.write_text("")
-    stack = Stack(f"quiztest{token}", f"quiz-audio:test-{token}", free_port(), free_port(), env_file)
+    image = f"quiz-audio:test-{token}"
+    return Stack(f"{prefix}{token}", image, free_port(), free_port(), env_file, **options)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Stack]:
+    """The stack built and started, all healthy; everything it made is removed afterwards."""
+    stack = new_stack(tmp_path_factory, "quiztest")
     try:
         stack.timed("build", "build", timeout=BUILD_TIMEOUT)
         stack.image_bytes = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", stack.image]).stdout)
@@ -191,14 +203,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
     assert not any(leftovers.values()), f"left behind: {leftovers}"
 
 
-def report(config: pytest.Config, stack: Stack) -> None:
+def report(config: pytest.Config, stack: Stack, label: str = "docker stack") -> None:
     """One line of figures in the test run's output (measured, never asserted)."""
     figures = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stack.timings.items())
     terminal = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
     if terminal is not None and capture is not None:
         with capture.global_and_fixture_disabled():  # the last test's teardown: its output is captured
-            terminal.write_line(f"\ndocker stack: image {stack.image_bytes / 1e6:.0f} MB; {figures}")
+            terminal.write_line(f"\n{label}: image {stack.image_bytes / 1e6:.0f} MB; {figures}")
 
 
 # --- the API through the published port ------------------------------------------------------
