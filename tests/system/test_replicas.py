@@ -293,6 +293,13 @@ async def test_sigkill_of_one_instance_under_load_loses_no_stored_upload(cluster
         await poll(
             lambda: len(load.stored()) >= 6 and scratch_files(victim_scratch), deadline=60, interval=0.005
         )
+        # What a kill between storing an MP3 and committing its row leaves (the kill may or may not
+        # hit that moment): a stored MP3 without a row, which the sweep must remove.
+        stored = cluster.media / stored_mp3s(cluster.media)[0]
+        orphan_id = uuid.uuid4()
+        planted = cluster.media / f"{orphan_id.hex[:2]}" / f"{orphan_id}.mp3"
+        planted.parent.mkdir(exist_ok=True)
+        planted.write_bytes(stored.read_bytes())
         kill_sent = time.monotonic()
         victim.process.send_signal(signal.SIGKILL)
         victim.process.wait()
@@ -337,6 +344,7 @@ async def test_sigkill_of_one_instance_under_load_loses_no_stored_upload(cluster
         return stored_mp3s(cluster.media) == rows and not scratch_files(cluster.media / ".tmp")
 
     await poll(consistent, deadline=30, interval=0.2)
+    assert not planted.exists()
     assert not victim_scratch.exists()  # the restart's sweep removed the killed instance's folder
     for instance in cluster.instances:
         assert " 500 " not in instance.log
