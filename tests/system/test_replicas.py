@@ -6,6 +6,7 @@ SIGKILLed under load and started again loses no stored upload and leaves no orph
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -58,11 +59,13 @@ class Cluster:
     directory: Path
 
     def port(self, index: int) -> int:
+        """The port of one instance."""
         port = urlsplit(self.instances[index].base_url).port
         assert port is not None
         return port
 
 
+@contextlib.contextmanager
 def fresh_database(database_url: str) -> Iterator[str]:
     """An empty database of this module's own on the test PostgreSQL server, dropped afterwards."""
     name = f"quiz_replicas_{uuid.uuid4().hex[:12]}"
@@ -97,9 +100,17 @@ def cluster(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     if nginx is None:
         pytest.skip("nginx is not installed (apt-get install nginx-light): the instances need it in front")
     directory = tmp_path_factory.mktemp("replicas")
-    database = fresh_database(database_url)
-    db = next(database)
-    standin, standin_url = standin_process(directory / "standin.log", pool_size=QUESTION_POOL)
+    with fresh_database(database_url) as db:
+        standin, standin_url = standin_process(directory / "standin.log", pool_size=QUESTION_POOL)
+        try:
+            yield from serve_behind_nginx(nginx, db, standin_url, directory)
+        finally:
+            standin.terminate()
+            standin.wait()
+
+
+def serve_behind_nginx(nginx: str, db: str, standin_url: str, directory: Path) -> Iterator[Cluster]:
+    """Three instances started at once on `db`, then nginx in front of them; all stopped afterwards."""
     env = {
         "HOST": "127.0.0.1",
         "DATABASE_URL": db,
@@ -131,9 +142,6 @@ def cluster(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             nginx_process.wait(timeout=30)
         for instance in instances:
             instance.stop()
-        standin.terminate()
-        standin.wait()
-        next(database, None)
 
 
 def served(instance: ServerProcess, line: str) -> int:
@@ -179,7 +187,7 @@ async def test_concurrent_question_requests_store_no_question_twice(cluster):
     assert rows == distinct
     # Each request stored 10 new ones, but instances drawing the same question store it once.
     assert rows >= 10
-    assert all(served(instance, "POST /questions 200") for instance in cluster.instances)
+    await poll(lambda: all(served(instance, "POST /questions 200") for instance in cluster.instances))
 
 
 @pytest.mark.gen_test(timeout=90)
