@@ -51,7 +51,7 @@ def machine() -> str:
 
 def our_cpu_seconds(service: Service) -> float:
     """CPU seconds of the run's process trees and of the harness with its reaped children (wrk, ffmpeg)."""
-    pids = (service.pid, service.processes.running["standin"].pid, service.database.pid)
+    pids = (*(process.pid for process in service.processes.running.values()), service.database.pid)
     harness = psutil.Process().cpu_times()
     return float(harness.user + harness.system) + children_cpu_seconds() + sum(map(tree_cpu_seconds, pids))
 
@@ -94,7 +94,7 @@ def table(results: dict[str, list[Metrics]]) -> str:
     return "\n".join(lines)
 
 
-def json_lines(results: dict[str, list[Metrics]], quick: bool) -> list[str]:
+def json_lines(results: dict[str, list[Metrics]], quick: bool, instances: int | None) -> list[str]:
     """One `BENCH {json}` line per scenario: median, min, max and every value of each metric."""
     lines = []
     for name, runs in results.items():
@@ -104,7 +104,8 @@ def json_lines(results: dict[str, list[Metrics]], quick: bool) -> list[str]:
             metrics[key] = {"median": rounded(median), "min": rounded(low), "max": rounded(high)}
             metrics[key]["values"] = [rounded(value) for value in values]
         record = {"scenario": name, "tool": "wrk" if name in NEED_WRK else None, "reps": len(runs)}
-        lines.append("BENCH " + json.dumps({**record, "quick": quick, "metrics": metrics}))
+        extra = {"quick": quick, "instances": instances, "metrics": metrics}
+        lines.append("BENCH " + json.dumps({**record, **extra}))
     return lines
 
 
@@ -120,7 +121,7 @@ async def run_all(bench: Bench, names: list[str]) -> dict[str, list[Metrics]]:
     return results
 
 
-def benchmark(profile: Profile, quick: bool, names: list[str], workdir: Path) -> int:
+def benchmark(profile: Profile, quick: bool, names: list[str], workdir: Path, instances: int | None) -> int:
     """Start the service, run the scenarios, print the results; always stop what was started."""
     wrk, nginx = shutil.which("wrk"), shutil.which("nginx")
     print(machine())
@@ -134,7 +135,9 @@ def benchmark(profile: Profile, quick: bool, names: list[str], workdir: Path) ->
         f"server: python server.py, LOG_LEVEL={SERVER_LOG_LEVEL} (so the access log does not dominate),"
         f" other settings at their defaults; nginx: {nginx or 'not installed (nginx ratio n/a)'}"
     )
-    with running_service(workdir) as service:
+    if instances is not None:
+        print(f"instances: {instances} x python server.py behind nginx (deploy/nginx/quiz.conf), round-robin")
+    with running_service(workdir, instances) as service:
         print(f"ffmpeg: {service.ffmpeg}", flush=True)
         seconds = sorted({profile.one_seconds, profile.parallel_seconds, profile.memory_seconds})
         wavs = {s: make_wav(s, workdir / f"sine-{s:g}s.wav") for s in seconds}
@@ -160,7 +163,7 @@ def benchmark(profile: Profile, quick: bool, names: list[str], workdir: Path) ->
     )
     for line in warnings[:5]:
         print(f"  {line}")
-    for line in json_lines(results, quick):
+    for line in json_lines(results, quick, instances):
         print(line)
     return 0
 
@@ -176,7 +179,15 @@ def main() -> int:
         metavar="SCENARIO",
         help="run only these (default: all)",
     )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        metavar="N",
+        help="N server processes behind nginx with the shipped site file, the load sent to nginx",
+    )
     args = parser.parse_args()
+    if args.instances is not None and not 1 <= args.instances <= 16:
+        parser.error("--instances must be from 1 to 16")
     names = args.scenarios or list(SCENARIOS)
     if shutil.which("wrk") is None and set(names) & set(NEED_WRK):
         others = " ".join(name for name in SCENARIOS if name not in NEED_WRK)
@@ -185,7 +196,9 @@ def main() -> int:
             f" when run as root); without it, name the others: {others}"
         )
     profile = QUICK if args.quick else FULL
-    return run_in_workdir("bench-", lambda workdir: benchmark(profile, args.quick, names, workdir))
+    return run_in_workdir(
+        "bench-", lambda workdir: benchmark(profile, args.quick, names, workdir, args.instances)
+    )
 
 
 if __name__ == "__main__":

@@ -84,10 +84,11 @@ class Bench:
 
 async def load_with_cpu(bench: Bench, url: str, connections: int, body: bytes = b"") -> Metrics:
     """A wrk run and what the server, PostgreSQL and the stand-in spent meanwhile."""
-    pids = (bench.service.pid, bench.service.database.pid, bench.pid("standin"))
+    pids = (bench.service.database.pid, bench.pid("standin"), *bench.service.instance_pids)
     before = [tree_cpu_seconds(pid) for pid in pids]
     result = await bench.load(url, connections, body)
-    server, db, standin = (tree_cpu_seconds(pid) - cpu for pid, cpu in zip(pids, before, strict=True))
+    db, standin, *servers = (tree_cpu_seconds(pid) - cpu for pid, cpu in zip(pids, before, strict=True))
+    server = sum(servers)  # every instance's
     per_request = 1000 / result.requests if result.requests else 0.0
     return {
         "rps": result.rps,
@@ -97,7 +98,7 @@ async def load_with_cpu(bench: Bench, url: str, connections: int, body: bytes = 
         "errors": result.errors,
         "cpu_ms_per_req": server * per_request,
         "cpu_pct": 100 * server / result.seconds,
-        "db_cpu_ms_per_req": db * per_request if pids[1] is not None else None,
+        "db_cpu_ms_per_req": db * per_request if pids[0] is not None else None,
         "standin_cpu_pct": 100 * standin / result.seconds,
         "client_cpu_pct": result.client_cpu_pct,
         "mb_per_s": result.bytes_per_s / MB,

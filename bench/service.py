@@ -204,16 +204,22 @@ class Service:
     port: int
     standin_port: int
     ffmpeg: str
+    proxy_port: int | None = None  # nginx in front of the instances (`--instances`)
 
     @property
     def url(self) -> str:
-        """The server's base URL."""
-        return f"http://{HOST}:{self.port}"
+        """The base URL the scenarios use: the server's, or nginx's in front of the instances."""
+        return f"http://{HOST}:{self.proxy_port or self.port}"
 
     @property
     def pid(self) -> int:
-        """The server's process id."""
+        """The (first) server's process id."""
         return self.processes.running["server"].pid
+
+    @property
+    def instance_pids(self) -> list[int]:
+        """The process ids of every server instance."""
+        return [process.pid for name, process in self.processes.running.items() if name.startswith("server")]
 
     @property
     def media_dir(self) -> Path:
@@ -226,9 +232,10 @@ class Service:
 
 
 @contextlib.contextmanager
-def running_service(workdir: Path) -> Iterator[Service]:
+def running_service(workdir: Path, instances: int | None = None) -> Iterator[Service]:
     """A fresh database, the stand-in (20 ms latency, a pool of 1,000,000 ids) and `python server.py`
-    as the image runs it with LOG_LEVEL=WARNING; all stopped and dropped at the end."""
+    as the image runs it with LOG_LEVEL=WARNING; all stopped and dropped at the end. `instances`:
+    that many servers, each on its own port, behind nginx with deploy/nginx/quiz.conf."""
     processes = Processes(workdir)
     ffmpeg = ffmpeg_binary()
     with fresh_database(workdir) as database:
@@ -250,9 +257,13 @@ def running_service(workdir: Path) -> Iterator[Service]:
                 "FFMPEG_BINARY": ffmpeg,
                 "WORKERS": os.environ.get("BENCH_WORKERS", "1"),  # `BENCH_WORKERS=2 make bench`
             }
-            processes.start("server", [sys.executable, "server.py"], env)
-            processes.wait_http("server", port, "/health")
-            yield Service(processes, database, port, standin_port, ffmpeg)
+            ports = [port] + [free_port() for _ in range((instances or 1) - 1)]
+            for index, instance_port in enumerate(ports):
+                name = "server" if index == 0 else f"server-{index + 1}"
+                processes.start(name, [sys.executable, "server.py"], {**env, "PORT": str(instance_port)})
+                processes.wait_http(name, instance_port, "/health")
+            proxy_port = None if instances is None else start_proxy(processes, ports)
+            yield Service(processes, database, port, standin_port, ffmpeg, proxy_port)
         finally:
             processes.stop_all()
 
@@ -290,6 +301,22 @@ def start_nginx(processes: Processes, nginx: str, root: Path, probe: str) -> int
     conf.write_text(NGINX_CONF.format(prefix=prefix, user=user, host=HOST, port=port, root=root))
     processes.start("nginx", [nginx, "-p", f"{prefix}/", "-e", f"{prefix}/error.log", "-c", str(conf)], {})
     processes.wait_http("nginx", port, probe, seconds=15)
+    return port
+
+
+def start_proxy(processes: Processes, ports: list[int]) -> int:
+    """nginx with the shipped site file, round-robin over the instances on `ports`; returns its port."""
+    from tests.nginx import find_nginx, nginx_command, write_config  # the tests' runnable wrapper
+
+    nginx = find_nginx()
+    if nginx is None:
+        raise RuntimeError("--instances needs nginx (apt-get install nginx-light)")
+    prefix = processes.workdir / "proxy"
+    prefix.mkdir()
+    port = free_port()
+    conf = write_config(prefix, port, [f"{HOST}:{instance}" for instance in ports])
+    processes.start("proxy", nginx_command(nginx, conf), {})
+    processes.wait_http("proxy", port, "/health", seconds=15)
     return port
 
 
