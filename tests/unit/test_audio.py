@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 
 from converters.ffmpeg import FfmpegMissing, find_ffmpeg
@@ -98,12 +99,33 @@ def spool_of(path: Path, data: bytes, complete: bool = True) -> Spool:
     return spool
 
 
-def wait_until_ffmpeg_runs(settings: Mp3Settings) -> None:
-    """Poll until a conversion with these settings has started its ffmpeg."""
+def ffmpeg_children(zombies: bool = True) -> list[psutil.Process]:
+    """This process's ffmpeg children as the OS sees them (zombies too, unless told otherwise)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "ffmpeg" in child.name() and (zombies or child.status() != psutil.STATUS_ZOMBIE):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue  # it ended meanwhile
+    return found
+
+
+def wait_until_ffmpeg_runs() -> None:
+    """Poll until a conversion has started its ffmpeg."""
     deadline = time.monotonic() + 30
-    while not settings.running._running and time.monotonic() < deadline:
+    while not ffmpeg_children(zombies=False) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert settings.running._running, "ffmpeg never started"
+    assert ffmpeg_children(zombies=False), "ffmpeg never started"
+
+
+def wait_until_exec(*processes: subprocess.Popen[bytes]) -> None:
+    """Poll until each process runs its own command line (Popen returns before the child's exec)."""
+    deadline = time.monotonic() + 30
+    for process in processes:
+        while psutil.Process(process.pid).cmdline() != process.args and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert psutil.Process(process.pid).cmdline() == process.args, "the child never ran its command"
 
 
 def test_a_shutdown_stops_running_conversions_and_refuses_new_ones(tmp_path):
@@ -112,7 +134,7 @@ def test_a_shutdown_stops_running_conversions_and_refuses_new_ones(tmp_path):
     wav = read_wav_info(source.path)
     with ThreadPoolExecutor(1) as pool:
         conversion = pool.submit(convert_wav_to_mp3, settings, source, tmp_path / "out.mp3", wav)
-        wait_until_ffmpeg_runs(settings)
+        wait_until_ffmpeg_runs()
         assert settings.running.stop_all() == 1
         with pytest.raises(ConversionInterrupted):
             conversion.result(timeout=30)
@@ -127,6 +149,7 @@ def test_only_ffmpeg_style_file_arguments_in_the_directory_are_stopped(tmp_path)
     bystander = subprocess.Popen([*sleeper, f"/elsewhere{directory}/x.wav", f"{directory}/x.wav"])
     writer = subprocess.Popen([*sleeper, f"file:{directory}/x.wav"])
     try:
+        wait_until_exec(bystander, writer)
         stop_processes_using(directory)
         assert writer.wait(timeout=10) == -signal.SIGKILL
         assert bystander.poll() is None
@@ -163,17 +186,18 @@ def test_an_upload_that_stops_kills_its_ffmpeg(tmp_path, complete):
         conversion = pool.submit(
             convert_wav_to_mp3, settings, spool, tmp_path / "out.mp3", read_wav_info(spool.path)
         )
-        wait_until_ffmpeg_runs(settings)
+        wait_until_ffmpeg_runs()
         spool.abandon()
         with pytest.raises(UploadStopped):
             conversion.result(timeout=30)
-    assert not settings.running._running
+    assert not ffmpeg_children()  # every ffmpeg ended and was reaped
 
 
 @pytest.mark.parametrize("stop", ["deadline", "abandoned while arriving", "abandoned once complete"])
 def test_an_ffmpeg_that_stops_reading_is_killed_at_its_deadline_or_when_its_upload_stops(tmp_path, stop):
     stuck = tmp_path / "ffmpeg"
-    stuck.write_text("#!/bin/sh\nexec sleep 600\n")
+    # A script's process is named after the script ("ffmpeg"), as the real one is.
+    stuck.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(600)\n")
     stuck.chmod(0o755)
     settings = Mp3Settings(str(stuck), "192k", timeout=0.5 if stop == "deadline" else 60)
     spool = spool_of(tmp_path / "upload.wav", silent_wav(10.0), complete=False)  # 1.7 MB: pipes fill
@@ -182,13 +206,13 @@ def test_an_ffmpeg_that_stops_reading_is_killed_at_its_deadline_or_when_its_uplo
             convert_wav_to_mp3, settings, spool, tmp_path / "out.mp3", read_wav_info(spool.path)
         )
         if stop != "deadline":
-            wait_until_ffmpeg_runs(settings)
+            wait_until_ffmpeg_runs()
             if stop == "abandoned once complete":
                 spool.complete()
             spool.abandon()
         with pytest.raises(ConversionTimeout if stop == "deadline" else UploadStopped):
             conversion.result(timeout=30)
-    assert not settings.running._running
+    assert not ffmpeg_children()  # every ffmpeg ended and was reaped
 
 
 def test_a_complete_upload_is_read_by_ffmpeg_itself_and_a_growing_one_through_its_stdin(tmp_path):
@@ -205,7 +229,7 @@ def test_a_complete_upload_is_read_by_ffmpeg_itself_and_a_growing_one_through_it
         conversion = pool.submit(
             convert_wav_to_mp3, settings, growing, tmp_path / "b.mp3", read_wav_info(growing.path)
         )
-        wait_until_ffmpeg_runs(settings)
+        wait_until_ffmpeg_runs()
         growing.write(memoryview(wav[1000:]))
         growing.complete()
         conversion.result(timeout=30)
@@ -236,7 +260,7 @@ def test_a_conversion_starved_of_input_gives_way_when_asked(tmp_path):
     spool = spool_of(tmp_path / "upload.wav", wav[: len(wav) // 2], complete=False)
     with pytest.raises(GaveWay):
         convert_wav_to_mp3(settings, spool, tmp_path / "out.mp3", read_wav_info(spool.path), lambda: True)
-    assert not settings.running._running
+    assert not ffmpeg_children()  # every ffmpeg ended and was reaped
 
 
 def test_ffmpeg_exit_is_awaited_without_pidfd_too(tmp_path, monkeypatch):
@@ -272,7 +296,7 @@ def test_a_conversion_fed_a_trickle_gives_way_too(tmp_path):
                 )
         finally:
             stop.set()
-    assert not settings.running._running
+    assert not ffmpeg_children()  # every ffmpeg ended and was reaped
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 44100])
