@@ -14,6 +14,7 @@ from tests.audio import decode_mp3, make_wav, multipart, silent_wav, upload_form
 from tests.support import (
     assert_problem,
     call,
+    fetch,
     leftovers,
     poll,
     port_of,
@@ -59,6 +60,9 @@ def user(base_url, db, io_loop) -> tuple[int, str]:
 
 
 @pytest.mark.gen_test(timeout=120)
+# The MP3's shape is ffmpeg's work, the same whichever store keeps it; the round trip through each
+# store is test_download_headers_range_head_and_304's and test_concurrent_uploads_all_succeed's.
+@LOCAL_ONLY
 @pytest.mark.parametrize(
     ("channels", "rate", "sample_bytes"),
     [
@@ -300,6 +304,10 @@ async def test_concurrent_uploads_all_succeed(base_url, db, user, app):
     rows = dict(sql(db, "SELECT path, size FROM records"))
     assert len(rows) == 8
     assert {key: store_of(app).size(key) for key in stored_keys(app)} == rows  # one object per row
+    for reply in replies:
+        ((key,),) = sql(db, "SELECT path FROM records WHERE id = %s", (reply.json["id"],))
+        download = await call(reply.json["url"], "GET", "")
+        assert download.body == b"".join(store_of(app).read(key, 0, rows[key]))
 
 
 # A store that fails. The media directory's failures (a full disk) are tests/system/test_full_disk.py's.
@@ -318,6 +326,20 @@ async def test_a_put_into_a_removed_bucket_is_503_and_keeps_nothing(base_url, db
     finally:
         s3_server.client.create_bucket(Bucket=settings.s3_bucket)  # the fixture deletes it afterwards
     assert list(s3_server.client.list_objects_v2(Bucket=settings.s3_bucket).get("Contents", [])) == []
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.stores("s3")
+async def test_a_store_that_lost_the_bytes_but_not_the_object_is_503(base_url, db, user, s3_server, settings):
+    url = (await upload(base_url, user[0], user[1], make_wav(0.5))).json["url"]
+    # SeaweedFS keeps an object's name and size in its filer and its bytes on volume servers: with
+    # the bucket's volumes gone (as with a volume server down), HEAD still answers and GET fails.
+    master = next(arg for arg in s3_server.process.args if arg.startswith("-master.port="))
+    delete_volumes = f"http://127.0.0.1:{master.split('=')[1]}/col/delete?collection={settings.s3_bucket}"
+    assert (await fetch(delete_volumes, "GET", "")).status in (200, 204)
+    reply = await call(url, "GET", "")
+    assert "cannot be" in assert_problem(reply, 503)["detail"]
+    assert reply.headers["Retry-After"]
 
 
 @pytest.mark.gen_test(timeout=120)
