@@ -29,9 +29,9 @@ from tests.support import (
 )
 
 # Every test runs against both media stores, unless it is marked LOCAL_ONLY: those are about input
-# checks, authentication, links, and the conversion pool's scheduling, which answer before the store
-# is reached or work the same whichever store follows; on the media directory only, they keep the
-# suite's time.
+# checks, authentication, links, ffmpeg's output and the conversion pool's scheduling, which answer
+# before the store is reached or work the same whichever store follows; on the media directory only,
+# they keep the suite's time.
 pytestmark = pytest.mark.stores("local", "s3")
 LOCAL_ONLY = pytest.mark.stores("local")
 
@@ -325,7 +325,6 @@ async def test_a_put_into_a_removed_bucket_is_503_and_keeps_nothing(base_url, db
         assert scratch_files(settings.scratch_root) == []
     finally:
         s3_server.client.create_bucket(Bucket=settings.s3_bucket)  # the fixture deletes it afterwards
-    assert list(s3_server.client.list_objects_v2(Bucket=settings.s3_bucket).get("Contents", [])) == []
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -342,7 +341,7 @@ async def test_a_store_that_lost_the_bytes_but_not_the_object_is_503(base_url, d
     assert reply.headers["Retry-After"]
 
 
-@pytest.mark.gen_test(timeout=120)
+@pytest.mark.gen_test(timeout=60)
 @pytest.mark.stores("s3")
 @pytest.mark.settings(s3_endpoint_url="http://127.0.0.1:9")  # nothing listens there: the store is down
 async def test_an_unreachable_store_is_503_for_uploads_and_downloads(base_url, db, user, settings, caplog):
