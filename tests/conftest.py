@@ -38,8 +38,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test marked `stores(...)` runs once per store named (its id says which); other tests, and
     those marked `stores("local")`, use the media directory under their usual id."""
     marker = metafunc.definition.get_closest_marker("stores")
-    if marker is not None and marker.args != ("local",) and "media_store" in metafunc.fixturenames:
-        metafunc.parametrize("media_store", marker.args, indirect=True)
+    if marker is None or marker.args == ("local",):
+        return
+    if "media_store" not in metafunc.fixturenames:  # it would run once, on the media directory only
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: marked stores(...) but serves no app")
+    metafunc.parametrize("media_store", marker.args, indirect=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -185,10 +188,14 @@ def app(settings: Settings) -> Iterator[Application]:
 
 @pytest.fixture
 def http_server(
-    request: pytest.FixtureRequest, io_loop: object, _unused_port: tuple[socket.socket, int]
+    request: pytest.FixtureRequest,
+    io_loop: object,
+    _unused_port: tuple[socket.socket, int],
+    settings: Settings,
 ) -> Iterator[object]:
-    """The app behind the same HTTPServer options `main()` uses (replaces pytest-tornado's)."""
-    server = make_server(request.getfixturevalue("app"), request.getfixturevalue("settings"))
+    """The app behind the same HTTPServer options `main()` uses (replaces pytest-tornado's). The
+    settings are a parameter, not looked up, so that `stores(...)` sees every test that serves."""
+    server = make_server(request.getfixturevalue("app"), settings)
     server.add_sockets([_unused_port[0]])
     yield server
     server.stop()
