@@ -262,14 +262,23 @@ class RecordHandler(BaseHandler):
         return start, end
 
     async def _send(self, key: str, start: int, end: int) -> None:
-        """Stream the bytes from the store, never more than a piece in memory."""
+        """Stream the bytes from the store, never more than a piece in memory; a store that fails
+        before the first piece is a 503 (404 for a file deleted since its size was read)."""
         pieces = self.store.read(key, start, end)
+        sent = False
         try:
             while (piece := await self.in_io(next, pieces, None)) is not None:
                 self.write(piece)
                 await self.flush()
+                sent = True
         except StreamClosedError:
             return  # the client left
+        except OSError as error:
+            if sent:
+                raise  # the status has left: the connection is cut short instead
+            if isinstance(error, FileNotFoundError):
+                raise ApiError(404, "this record's audio file is missing") from None
+            raise storage_failed(error, "the record") from None
         finally:
             await self.in_io(pieces.close)
 

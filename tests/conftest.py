@@ -22,8 +22,27 @@ from embedded_db import start_embedded_postgres, stop_embedded_postgres
 from jservice.standin import Behaviour, make_standin_app
 from models import MODELS, database
 from server import close_app, make_app, make_server
-from tests.s3server import SeaweedFS, start_seaweedfs
+from tests.s3server import REGION, SeaweedFS, start_seaweedfs
 from tests.support import sql
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "stores(*names): run the test once against each media store named ('local', 's3') as the "
+        "`media_store` fixture; a module marks all its tests, a test overrides it with its own",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `stores(...)` runs once per store named (its id says which); other tests, and
+    those marked `stores("local")`, use the media directory under their usual id."""
+    marker = metafunc.definition.get_closest_marker("stores")
+    if marker is None or marker.args == ("local",):
+        return
+    if "media_store" not in metafunc.fixturenames:  # it would run once, on the media directory only
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: marked stores(...) but serves no app")
+    metafunc.parametrize("media_store", marker.args, indirect=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -117,7 +136,17 @@ def standin(io_loop: object) -> Iterator[StandIn]:
 
 
 @pytest.fixture
-def settings(request: pytest.FixtureRequest, db: str, standin: StandIn, tmp_path: Path) -> Settings:
+def media_store(request: pytest.FixtureRequest) -> str:
+    """The media store the app keeps MP3s in: "local" (the media directory) unless the test is
+    marked `stores(...)`, which runs it once per store named."""
+    store: str = getattr(request, "param", "local")
+    return store
+
+
+@pytest.fixture
+def settings(
+    request: pytest.FixtureRequest, db: str, standin: StandIn, tmp_path: Path, media_store: str
+) -> Settings:
     """Test settings; a test changes some with `@pytest.mark.settings(name=value, ...)`."""
     marker = request.node.get_closest_marker("settings")
     base = Settings(
@@ -129,7 +158,25 @@ def settings(request: pytest.FixtureRequest, db: str, standin: StandIn, tmp_path
         jservice_budget_seconds=5.0,
         db_pool_size=4,
     )
+    if media_store == "s3":
+        base = _on_s3(base, request)
     return replace(base, **marker.kwargs) if marker else base
+
+
+def _on_s3(base: Settings, request: pytest.FixtureRequest) -> Settings:
+    """`base` with MEDIA_STORE=s3 on a fresh bucket of the session's SeaweedFS (skips when it cannot
+    start), and its credentials where the service finds them: AWS_* variables, for this test only."""
+    server: SeaweedFS = request.getfixturevalue("s3_server")
+    bucket: str = request.getfixturevalue("s3_bucket")
+    environment: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    for name, value in server.environ(bucket).items():
+        if name.startswith("AWS_"):
+            environment.setenv(name, value)
+    environment.delenv("AWS_SESSION_TOKEN", raising=False)
+    environment.delenv("AWS_PROFILE", raising=False)
+    return replace(
+        base, media_store="s3", s3_endpoint_url=server.endpoint_url, s3_bucket=bucket, s3_region=REGION
+    )
 
 
 @pytest.fixture
@@ -141,10 +188,14 @@ def app(settings: Settings) -> Iterator[Application]:
 
 @pytest.fixture
 def http_server(
-    request: pytest.FixtureRequest, io_loop: object, _unused_port: tuple[socket.socket, int]
+    request: pytest.FixtureRequest,
+    io_loop: object,
+    _unused_port: tuple[socket.socket, int],
+    settings: Settings,
 ) -> Iterator[object]:
-    """The app behind the same HTTPServer options `main()` uses (replaces pytest-tornado's)."""
-    server = make_server(request.getfixturevalue("app"), request.getfixturevalue("settings"))
+    """The app behind the same HTTPServer options `main()` uses (replaces pytest-tornado's). The
+    settings are a parameter, not looked up, so that `stores(...)` sees every test that serves."""
+    server = make_server(request.getfixturevalue("app"), settings)
     server.add_sockets([_unused_port[0]])
     yield server
     server.stop()

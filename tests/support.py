@@ -17,7 +17,9 @@ from urllib.parse import urlsplit
 
 import psycopg2
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.web import Application
 
+from storage import MediaStore
 from tests.contract import check_response
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,3 +285,21 @@ def scratch_files(root: Path) -> list[Path]:
     if not root.exists():
         return []
     return [path for path in root.rglob("*") if path.is_file() and path.suffix != ".lock"]
+
+
+def store_of(app: Application) -> MediaStore:
+    """The app's media store (the media directory or the S3 bucket), to observe what it keeps."""
+    store: MediaStore = app.settings["store"]
+    return store
+
+
+def stored_keys(app: Application) -> set[str]:
+    """Every key in the app's media store, those stored a moment ago included (the cutoff lies an
+    hour ahead)."""
+    return set(store_of(app).keys_older_than(-3600))
+
+
+def leftovers(app: Application) -> list[str]:
+    """What requests left behind: keys in the media store and files in the app's scratch space."""
+    scratch = scratch_files(app.settings["config"].scratch_root)
+    return sorted(stored_keys(app)) + sorted(str(path) for path in scratch)

@@ -1,18 +1,21 @@
-"""POST /records and GET /record: real uploads, real ffmpeg, real PostgreSQL."""
+"""POST /records and GET /record: real uploads, real ffmpeg, real PostgreSQL, and each media store
+(the media directory and a real S3 server)."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import psutil
 import pytest
 
+from storage import CHUNK_BYTES
 from tests.audio import decode_mp3, make_wav, multipart, silent_wav, upload_form, wav_with_fmt
 from tests.support import (
     assert_problem,
     call,
+    fetch,
+    leftovers,
     poll,
     port_of,
     post_streaming,
@@ -20,8 +23,17 @@ from tests.support import (
     send_partial,
     sql,
     stall_body,
+    store_of,
+    stored_keys,
     upload_head,
 )
+
+# Every test runs against both media stores, unless it is marked LOCAL_ONLY: those are about input
+# checks, authentication, links, ffmpeg's output and the conversion pool's scheduling, which answer
+# before the store is reached or work the same whichever store follows; on the media directory only,
+# they keep the suite's time.
+pytestmark = pytest.mark.stores("local", "s3")
+LOCAL_ONLY = pytest.mark.stores("local")
 
 
 async def new_user(base_url, name="uploader"):
@@ -38,11 +50,6 @@ async def upload(base_url, user, token, content, filename="take.wav", headers=No
     )
 
 
-def media_files(settings) -> list[Path]:
-    files = settings.media_root.rglob("*")
-    return sorted(path for path in files if path.is_file() and path.suffix != ".lock")
-
-
 def record_count(db: str) -> int:
     return sql(db, "SELECT count(*) FROM records")[0][0]
 
@@ -53,6 +60,9 @@ def user(base_url, db, io_loop) -> tuple[int, str]:
 
 
 @pytest.mark.gen_test(timeout=120)
+# The MP3's shape is ffmpeg's work, the same whichever store keeps it; the round trip through each
+# store is test_download_headers_range_head_and_304's and test_concurrent_uploads_all_succeed's.
+@LOCAL_ONLY
 @pytest.mark.parametrize(
     ("channels", "rate", "sample_bytes"),
     [
@@ -67,7 +77,7 @@ def user(base_url, db, io_loop) -> tuple[int, str]:
     ],
 )
 async def test_upload_converts_to_mp3_of_the_same_shape(
-    base_url, db, user, settings, tmp_path, channels, rate, sample_bytes
+    base_url, db, user, app, settings, tmp_path, channels, rate, sample_bytes
 ):
     user_id, token = user
     reply = await upload(base_url, user_id, token, make_wav(1.5, rate, channels, sample_bytes))
@@ -87,11 +97,12 @@ async def test_upload_converts_to_mp3_of_the_same_shape(
     assert abs(audio.duration_seconds - 1.5) < 0.1
     ((size, duration, path),) = sql(db, "SELECT size, duration, path FROM records")
     assert size == len(download.body) and abs(duration - 1.5) < 1e-3
-    assert (settings.media_root / path).stat().st_size == size
+    assert b"".join(store_of(app).read(path, 0, size)) == download.body  # what the store holds
     assert scratch_files(settings.scratch_root) == []
 
 
 @pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY
 async def test_token_may_come_as_bearer_header(base_url, db, user):
     user_id, token = user
     reply = await upload(
@@ -106,6 +117,7 @@ async def test_token_may_come_as_bearer_header(base_url, db, user):
 
 
 @pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY
 @pytest.mark.settings(public_url="https://audio.example.org")
 async def test_public_url_sets_the_link_base(base_url, db, user):
     reply = await upload(base_url, user[0], user[1], make_wav(0.2))
@@ -113,10 +125,16 @@ async def test_public_url_sets_the_link_base(base_url, db, user):
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_download_headers_range_head_and_304(base_url, db, user):
+async def test_download_headers_range_head_and_304(base_url, db, user, app, tmp_path):
     user_id, token = user
-    url = (await upload(base_url, user_id, token, make_wav(1.0), filename="../../évian take.wav")).json["url"]
+    # Long enough for an MP3 of more than one piece, so that a download is streamed in several.
+    wav = silent_wav(15.0, 44100, 2)
+    url = (await upload(base_url, user_id, token, wav, filename="../../évian take.wav")).json["url"]
     full = await call(url, "GET", "")
+    assert full.status == 200
+    ((key, size),) = sql(db, "SELECT path, size FROM records")
+    assert len(full.body) == size > CHUNK_BYTES
+    assert full.body == b"".join(store_of(app).read(key, 0, size))  # what the store holds, whole
     record_id = parse_qs(urlsplit(url).query)["id"][0]
     assert full.headers["ETag"] == f'"{record_id}"'
     assert full.headers["Accept-Ranges"] == "bytes"
@@ -131,11 +149,18 @@ async def test_download_headers_range_head_and_304(base_url, db, user):
     assert partial.status == 206
     assert partial.body == full.body[10:110]
     assert partial.headers["Content-Range"] == f"bytes 10-109/{len(full.body)}"
+    across = await call(url, "GET", "", headers={"Range": f"bytes={CHUNK_BYTES - 5}-{CHUNK_BYTES + 4}"})
+    assert across.status == 206 and across.body == full.body[CHUNK_BYTES - 5 : CHUNK_BYTES + 5]
+    tail = await call(url, "GET", "", headers={"Range": "bytes=-100"})
+    assert tail.status == 206 and tail.body == full.body[-100:]
     unsatisfiable = await call(url, "GET", "", headers={"Range": f"bytes={len(full.body) + 10}-"})
     assert_problem(unsatisfiable, 416)
     assert unsatisfiable.headers["Content-Range"] == f"bytes */{len(full.body)}"
     cached = await call(url, "GET", "", headers={"If-None-Match": full.headers["ETag"]})
     assert cached.status == 304 and cached.body == b""
+    path = tmp_path / "download.mp3"
+    path.write_bytes(full.body)
+    assert abs(decode_mp3(path).duration_seconds - 15.0) < 0.1
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -150,6 +175,7 @@ async def test_record_of_another_user_or_unknown_is_404(base_url, db, user):
 
 
 @pytest.mark.gen_test
+@LOCAL_ONLY
 @pytest.mark.parametrize(
     "query",
     [
@@ -165,6 +191,7 @@ async def test_malformed_download_query_is_422(base_url, db, query):
 
 
 @pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY
 @pytest.mark.parametrize(
     ("name", "content", "status"),
     [
@@ -183,15 +210,15 @@ async def test_malformed_download_query_is_422(base_url, db, query):
         ("absurd rate", wav_with_fmt(rate=4_000_000), 422),
     ],
 )
-async def test_bad_audio_is_refused_and_leaves_nothing(base_url, db, user, settings, name, content, status):
-    before = media_files(settings)
+async def test_bad_audio_is_refused_and_leaves_nothing(base_url, db, user, app, name, content, status):
     problem = assert_problem(await upload(base_url, user[0], user[1], content), status)
     assert problem["detail"]
-    assert media_files(settings) == before
+    assert leftovers(app) == []
     assert record_count(db) == 0
 
 
 @pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY
 async def test_header_claiming_more_data_than_sent_uses_the_real_size(base_url, db, user):
     wav = make_wav(1.0, 8000, 1, 2)
     patched = wav[:40] + (10**9).to_bytes(4, "little") + wav[44:]
@@ -201,7 +228,8 @@ async def test_header_claiming_more_data_than_sent_uses_the_real_size(base_url, 
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_form_errors(base_url, db, user, settings):
+@LOCAL_ONLY
+async def test_form_errors(base_url, db, user, app):
     user_id, token = user
     wav = make_wav(0.2)
     cases = [
@@ -219,12 +247,13 @@ async def test_form_errors(base_url, db, user, settings):
         problem = assert_problem(reply, status)
         if field:
             assert problem["errors"][0]["field"] == field
-    assert media_files(settings) == []
+    assert leftovers(app) == []
     assert record_count(db) == 0
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_body_that_is_not_multipart_is_400(base_url, db, user, settings):
+@LOCAL_ONLY
+async def test_body_that_is_not_multipart_is_400(base_url, db, user, app):
     assert_problem(await call(base_url, "POST", "/records", {"user": 1}), 400)
     body, content_type = multipart(
         {"user": str(user[0]), "token": user[1]}, {"file": ("a.wav", make_wav(0.2))}
@@ -237,21 +266,23 @@ async def test_body_that_is_not_multipart_is_400(base_url, db, user, settings):
     assert_problem(
         await call(base_url, "POST", "/records", raw=garbage, headers={"Content-Type": content_type}), 400
     )
-    assert media_files(settings) == []
+    assert leftovers(app) == []
 
 
 @pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY
 @pytest.mark.settings(max_upload_bytes=100_000)
-async def test_too_large_upload_is_413_by_content_length(base_url, db, user, settings):
+async def test_too_large_upload_is_413_by_content_length(base_url, db, user, app):
     problem = assert_problem(await upload(base_url, user[0], user[1], make_wav(2.0)), 413)
     assert "100000" in problem["detail"]
-    assert media_files(settings) == []
+    assert leftovers(app) == []
     assert record_count(db) == 0
 
 
 @pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY
 @pytest.mark.settings(max_upload_bytes=100_000)
-async def test_too_large_chunked_upload_is_413(base_url, db, user, settings):
+async def test_too_large_chunked_upload_is_413(base_url, db, user, app):
     body, content_type = multipart(
         {"user": str(user[0]), "token": user[1]}, {"file": ("a.wav", make_wav(2.0))}
     )
@@ -261,19 +292,82 @@ async def test_too_large_chunked_upload_is_413(base_url, db, user, settings):
             await write(body[start : start + 16_384])
 
     assert_problem(await post_streaming(f"{base_url}/records", content_type, produce), 413)
-    assert media_files(settings) == []
+    assert leftovers(app) == []
 
 
 @pytest.mark.gen_test(timeout=120)
 @pytest.mark.settings(convert_workers=2, convert_queue=8)
-async def test_concurrent_uploads_all_succeed(base_url, db, user):
+async def test_concurrent_uploads_all_succeed(base_url, db, user, app):
     replies = await asyncio.gather(*(upload(base_url, user[0], user[1], make_wav(1.0)) for _ in range(8)))
     assert [reply.status for reply in replies] == [201] * 8
     assert len({reply.json["id"] for reply in replies}) == 8
-    assert record_count(db) == 8
+    rows = dict(sql(db, "SELECT path, size FROM records"))
+    assert len(rows) == 8
+    assert {key: store_of(app).size(key) for key in stored_keys(app)} == rows  # one object per row
+    for reply in replies:
+        ((key,),) = sql(db, "SELECT path FROM records WHERE id = %s", (reply.json["id"],))
+        download = await call(reply.json["url"], "GET", "")
+        assert download.body == b"".join(store_of(app).read(key, 0, rows[key]))
+
+
+# A store that fails. The media directory's failures (a full disk) are tests/system/test_full_disk.py's.
 
 
 @pytest.mark.gen_test(timeout=60)
+@pytest.mark.stores("s3")
+async def test_a_put_into_a_removed_bucket_is_503_and_keeps_nothing(base_url, db, user, settings, s3_server):
+    s3_server.client.delete_bucket(Bucket=settings.s3_bucket)
+    try:
+        reply = await upload(base_url, user[0], user[1], make_wav(0.5))
+        assert "cannot be stored" in assert_problem(reply, 503)["detail"]
+        assert reply.headers["Retry-After"]
+        assert record_count(db) == 0
+        assert scratch_files(settings.scratch_root) == []
+    finally:
+        s3_server.client.create_bucket(Bucket=settings.s3_bucket)  # the fixture deletes it afterwards
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.stores("s3")
+async def test_a_store_that_lost_the_bytes_but_not_the_object_is_503(base_url, db, user, s3_server, settings):
+    url = (await upload(base_url, user[0], user[1], make_wav(0.5))).json["url"]
+    # SeaweedFS keeps an object's name and size in its filer and its bytes on volume servers: with
+    # the bucket's volumes gone (as with a volume server down), HEAD still answers and GET fails.
+    master = next(arg for arg in s3_server.process.args if arg.startswith("-master.port="))
+    delete_volumes = f"http://127.0.0.1:{master.split('=')[1]}/col/delete?collection={settings.s3_bucket}"
+    assert (await fetch(delete_volumes, "GET", "")).status in (200, 204)
+    reply = await call(url, "GET", "")
+    assert "cannot be" in assert_problem(reply, 503)["detail"]
+    assert reply.headers["Retry-After"]
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.stores("s3")
+@pytest.mark.settings(s3_endpoint_url="http://127.0.0.1:9")  # nothing listens there: the store is down
+async def test_an_unreachable_store_is_503_for_uploads_and_downloads(base_url, db, user, settings, caplog):
+    reply = await upload(base_url, user[0], user[1], make_wav(0.5))
+    assert "cannot be stored" in assert_problem(reply, 503)["detail"]
+    assert reply.headers["Retry-After"]
+    assert record_count(db) == 0
+    assert scratch_files(settings.scratch_root) == []
+    # A record stored while the store was up: its download waits for the store, its delete does not.
+    record_id = "00000000-0000-4000-8000-000000000001"
+    sql(
+        db,
+        "INSERT INTO records (id, user_id, original_name, path, size, duration)"
+        " VALUES (%s, %s, 'a.wav', %s, 3, 1)",
+        (record_id, user[0], f"00/{record_id}.mp3"),
+    )
+    path = f"/record?id={record_id}&user={user[0]}"
+    assert_problem(await call(base_url, "GET", path), 503)
+    deleted = await call(base_url, "DELETE", path, headers={"Authorization": f"Bearer {user[1]}"})
+    assert deleted.status == 204  # the object is left to the orphan sweep
+    assert record_count(db) == 0
+    assert "cannot delete the file of a deleted record" in caplog.text
+
+
+@pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY
 @pytest.mark.settings(convert_workers=1, convert_queue=0)
 async def test_full_conversion_capacity_is_503_with_retry_after(base_url, db, user, app):
     body, content_type = multipart(
@@ -301,16 +395,18 @@ async def test_full_conversion_capacity_is_503_with_retry_after(base_url, db, us
 
 
 @pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY
 @pytest.mark.settings(convert_timeout=0.05)
-async def test_conversion_over_its_time_limit_is_killed_and_refused(base_url, db, user, settings):
+async def test_conversion_over_its_time_limit_is_killed_and_refused(base_url, db, user, app):
     problem = assert_problem(await upload(base_url, user[0], user[1], make_wav(30.0, 48000, 2, 2)), 503)
     assert "longer than" in problem["detail"]
-    assert media_files(settings) == []
+    assert leftovers(app) == []
     assert record_count(db) == 0
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_unusable_multipart_framing_is_400(base_url, db, user, settings):
+@LOCAL_ONLY
+async def test_unusable_multipart_framing_is_400(base_url, db, user, app):
     long_boundary = "b" * 300
     reply = await call(
         base_url,
@@ -327,10 +423,11 @@ async def test_unusable_multipart_framing_is_400(base_url, db, user, settings):
     assert_problem(
         await call(base_url, "POST", "/records", raw=body, headers={"Content-Type": content_type}), 400
     )
-    assert media_files(settings) == []
+    assert leftovers(app) == []
 
 
 @pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY
 async def test_fields_the_service_does_not_read_are_ignored(base_url, db, user):
     fields = {"user": str(user[0]), "token": user[1], "comment": "y" * 5000, "name": "take"}
     body, content_type = multipart(fields, {"file": ("a.wav", make_wav(0.2))})
@@ -340,6 +437,7 @@ async def test_fields_the_service_does_not_read_are_ignored(base_url, db, user):
 
 
 @pytest.mark.gen_test
+@LOCAL_ONLY
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
 async def test_other_methods_on_records_are_405(base_url, db, method):
     reply = await call(base_url, method, "/records", raw=b"x" if method == "PUT" else None)
@@ -348,6 +446,7 @@ async def test_other_methods_on_records_are_405(base_url, db, method):
 
 
 @pytest.mark.gen_test
+@LOCAL_ONLY
 async def test_undecodable_query_values_are_422(base_url, db):
     reply = await call(base_url, "GET", "/record?id=00000000-0000-4000-8000-000000000000&user=%FF")
     assert_problem(reply, 422)
@@ -371,7 +470,7 @@ def ffmpeg_running(app) -> bool:
 
 @pytest.mark.gen_test(timeout=120)
 @pytest.mark.settings(convert_workers=1, convert_queue=0)
-async def test_a_client_that_leaves_during_conversion_stops_it(base_url, db, user, app, settings, caplog):
+async def test_a_client_that_leaves_during_conversion_stops_it(base_url, db, user, app, caplog):
     form = upload_form({"id": user[0], "token": user[1]}, silent_wav(480.0, 44100, 2))
     _, client = await send_partial(port_of(base_url), upload_head(form), form[0])
     await poll(lambda: ffmpeg_running(app))
@@ -380,11 +479,12 @@ async def test_a_client_that_leaves_during_conversion_stops_it(base_url, db, use
     # Stopped, not converted to the end and thrown away; the answer is logged a moment later.
     await poll(lambda: "POST /records 503" in caplog.text)
     assert record_count(db) == 0
-    assert media_files(settings) == []
+    assert leftovers(app) == []
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_conversion_follows_the_upload_while_it_arrives(base_url, db, user, app, settings, tmp_path):
+@LOCAL_ONLY
+async def test_conversion_follows_the_upload_while_it_arrives(base_url, db, user, app, tmp_path):
     body, content_type = upload_form({"id": user[0], "token": user[1]}, make_wav(3.0, 44100, 2, 2))
     first = len(body) // 3
 
@@ -404,30 +504,30 @@ async def test_conversion_follows_the_upload_while_it_arrives(base_url, db, user
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_wrong_credentials_before_the_file_are_refused_before_the_body_ends(
-    base_url, db, user, settings
-):
+@LOCAL_ONLY
+async def test_wrong_credentials_before_the_file_are_refused_before_the_body_ends(base_url, db, user, app):
     form = upload_form({"id": user[0], "token": "00000000-0000-4000-8000-000000000000"}, make_wav(3.0))
     # A small start of the body, which the server reads whole: unread bytes would turn its close into a reset.
     answer = await stall_body(port_of(base_url), upload_head(form), form[0][:2000])
     assert answer.startswith(b"HTTP/1.1 403 ")
     assert b"Connection: close" in answer
-    assert media_files(settings) == []
+    assert leftovers(app) == []
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_client_that_leaves_mid_upload_stops_its_conversion(base_url, db, user, app, settings):
+async def test_a_client_that_leaves_mid_upload_stops_its_conversion(base_url, db, user, app):
     form = upload_form({"id": user[0], "token": user[1]}, make_wav(30.0))
     _, client = await send_partial(port_of(base_url), upload_head(form), form[0][: len(form[0]) // 2])
     await poll(lambda: ffmpeg_running(app))
     client.close()
     await poll(lambda: app.settings["conversions"].reserved == 0 and not ffmpeg_running(app))
-    assert media_files(settings) == []
+    assert leftovers(app) == []
     assert record_count(db) == 0
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_second_file_after_a_converted_one_keeps_nothing(base_url, db, user, settings):
+@LOCAL_ONLY
+async def test_a_second_file_after_a_converted_one_keeps_nothing(base_url, db, user, app):
     body, content_type = upload_form({"id": user[0], "token": user[1]}, make_wav(1.0))
     boundary = content_type.split("boundary=")[1]
     second = (
@@ -438,11 +538,12 @@ async def test_a_second_file_after_a_converted_one_keeps_nothing(base_url, db, u
     body = body.removesuffix(f"--{boundary}--\r\n".encode()) + second
     reply = await call(base_url, "POST", "/records", raw=body, headers={"Content-Type": content_type})
     assert assert_problem(reply, 422)["errors"][0]["field"] == "file"
-    assert media_files(settings) == []
+    assert leftovers(app) == []
     assert record_count(db) == 0
 
 
 @pytest.mark.gen_test
+@LOCAL_ONLY
 async def test_a_large_body_with_the_wrong_method_still_gets_a_405_problem(base_url, db):
     reply = await call(base_url, "PUT", "/records", raw=b"x" * 2_000_000)
     assert_problem(reply, 405)
@@ -450,10 +551,11 @@ async def test_a_large_body_with_the_wrong_method_still_gets_a_405_problem(base_
 
 
 @pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY
 @pytest.mark.settings(convert_workers=1, convert_queue=1)
 @pytest.mark.parametrize("stalled_at", ["the WAV header", "the middle of the audio"])
 async def test_a_conversion_waiting_for_a_slow_upload_gives_way(
-    base_url, db, user, app, settings, tmp_path, stalled_at
+    base_url, db, user, app, tmp_path, stalled_at
 ):
     body, content_type = upload_form({"id": user[0], "token": user[1]}, make_wav(2.0))
     sent = 2000 if stalled_at == "the WAV header" else len(body) // 2
@@ -483,6 +585,7 @@ async def test_a_conversion_waiting_for_a_slow_upload_gives_way(
 
 
 @pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY
 @pytest.mark.settings(convert_workers=1, convert_queue=1)
 async def test_a_queued_conversion_whose_client_leaves_is_dropped(base_url, db, user, app, settings):
     long = asyncio.ensure_future(upload(base_url, user[0], user[1], silent_wav(480.0, 44100, 2)))
@@ -503,10 +606,11 @@ async def test_a_queued_conversion_whose_client_leaves_is_dropped(base_url, db, 
     finally:
         assert (await long).status == 201
     assert record_count(db) == 1
-    assert len(media_files(settings)) == 1
+    assert len(stored_keys(app)) == 1
 
 
 @pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY
 @pytest.mark.settings(convert_workers=1, convert_queue=1)
 async def test_a_broken_upload_arriving_while_threads_are_busy_is_refused_at_once(base_url, db, user, app):
     long = asyncio.ensure_future(upload(base_url, user[0], user[1], silent_wav(480.0, 44100, 2)))

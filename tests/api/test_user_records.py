@@ -1,4 +1,5 @@
-"""GET /users/<id>/records and DELETE /record: real uploads, real PostgreSQL, the contract checked."""
+"""GET /users/<id>/records and DELETE /record: real uploads, real PostgreSQL, the contract checked,
+against each media store (the media directory and a real S3 server)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import psycopg2
 import pytest
 
 from tests.audio import make_wav, upload_form
-from tests.support import assert_problem, call, poll, post_form, sql
+from tests.support import assert_problem, call, poll, post_form, sql, store_of
+
+# Every test runs against both media stores, unless it is marked LOCAL_ONLY: those check
+# authentication and links, which never reach the store, or the media directory itself.
+pytestmark = pytest.mark.stores("local", "s3")
+LOCAL_ONLY = pytest.mark.stores("local")
 
 
 async def new_user(base_url: str, name: str = "lister") -> dict[str, object]:
@@ -73,6 +79,7 @@ async def test_the_list_pages_like_get_questions(base_url, db):
 
 
 @pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY
 async def test_listing_needs_the_users_bearer_token(base_url, db):
     user, other = await new_user(base_url), await new_user(base_url, "other")
     path = f"/users/{user['id']}/records"
@@ -87,6 +94,7 @@ async def test_listing_needs_the_users_bearer_token(base_url, db):
 
 
 @pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY
 @pytest.mark.settings(public_url="https://audio.example.org")
 async def test_listed_links_use_the_public_url(base_url, db):
     user = await new_user(base_url)
@@ -97,16 +105,16 @@ async def test_listed_links_use_the_public_url(base_url, db):
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_delete_removes_the_row_and_the_file(base_url, db, settings):
+async def test_delete_removes_the_row_and_the_file(base_url, db, app):
     user = await new_user(base_url)
     record, kept = await upload(base_url, user), await upload(base_url, user)
-    file = settings.media_root / str(stored_path(db, record["id"]))
-    assert file.exists()
+    key = str(stored_path(db, record["id"]))
+    assert store_of(app).size(key)
     path = f"/record?id={record['id']}&user={user['id']}"
     reply = await call(base_url, "DELETE", path, headers=bearer(user))
     assert (reply.status, reply.body) == (204, b"")
     assert stored_path(db, record["id"]) is None
-    assert not file.exists()
+    assert store_of(app).size(key) is None
     assert_problem(await call(record["url"], "GET", ""), 404)
     assert_problem(await call(base_url, "DELETE", path, headers=bearer(user)), 404)
     page = (await call(base_url, "GET", f"/users/{user['id']}/records", headers=bearer(user))).json
@@ -115,7 +123,7 @@ async def test_delete_removes_the_row_and_the_file(base_url, db, settings):
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_delete_refuses_and_keeps_everything(base_url, db, settings):
+async def test_delete_refuses_and_keeps_everything(base_url, db, app):
     user, other = await new_user(base_url), await new_user(base_url, "other")
     record = await upload(base_url, user)
     path = f"/record?id={record['id']}&user={user['id']}"
@@ -130,15 +138,15 @@ async def test_delete_refuses_and_keeps_everything(base_url, db, settings):
     assert_problem(await call(base_url, "DELETE", unknown, headers=bearer(user)), 404)
     for query in (f"id=nope&user={user['id']}", f"id={record['id']}&user=0", f"id={record['id']}"):
         assert_problem(await call(base_url, "DELETE", f"/record?{query}", headers=bearer(user)), 422)
-    assert (settings.media_root / str(stored_path(db, record["id"]))).exists()
+    assert store_of(app).size(str(stored_path(db, record["id"])))
     assert (await call(record["url"], "GET", "")).status == 200
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_delete_removes_the_row_before_the_file(base_url, db, settings):
+async def test_delete_removes_the_row_before_the_file(base_url, db, app):
     user = await new_user(base_url)
     record = await upload(base_url, user)
-    file = settings.media_root / str(stored_path(db, record["id"]))
+    key = str(stored_path(db, record["id"]))
     # A lock on the row holds the server's DELETE: until the row is gone, the file must stay.
     blocker = psycopg2.connect(db)
     try:
@@ -150,15 +158,16 @@ async def test_delete_removes_the_row_before_the_file(base_url, db, settings):
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE%%'"
         )
         await poll(lambda: sql(db, waiting) == [(1,)])
-        assert file.exists()
+        assert store_of(app).size(key)
     finally:
         blocker.rollback()
         blocker.close()
     assert (await deleting).status == 204
-    assert not file.exists()
+    assert store_of(app).size(key) is None
 
 
 @pytest.mark.gen_test(timeout=60)
+@LOCAL_ONLY  # a folder in the file's place; for S3, a store that is down: test_records.py
 async def test_a_file_that_cannot_be_removed_still_deletes_the_record(base_url, db, settings, caplog):
     user = await new_user(base_url)
     record = await upload(base_url, user)
@@ -174,6 +183,7 @@ async def test_a_file_that_cannot_be_removed_still_deletes_the_record(base_url, 
 
 
 @pytest.mark.gen_test
+@LOCAL_ONLY
 async def test_record_path_allows_get_head_and_delete(base_url, db):
     reply = await call(base_url, "POST", "/record", raw=b"{}")
     assert_problem(reply, 405)
