@@ -1,0 +1,147 @@
+"""storage/: the media directory's files and keys, and the sweep's decision about orphans."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from config import Settings
+from storage import CHUNK_BYTES, SWEEP_BATCH, open_store, sweep_orphans
+from storage.local import LocalStore
+
+
+def new_key() -> str:
+    name = uuid.uuid4()
+    return f"{name.hex[:2]}/{name}.mp3"
+
+
+def stored(store: LocalStore, tmp_path: Path, data: bytes = b"ID3 mp3 bytes", age: float = 0) -> str:
+    """Put a file in the store, `age` seconds old; its key."""
+    scratch = tmp_path / f"{uuid.uuid4()}.part"
+    scratch.write_bytes(data)
+    key = new_key()
+    store.put(scratch, key)
+    if age:
+        then = time.time() - age
+        os.utime(store.root / key, (then, then))
+    return key
+
+
+def test_put_moves_the_file_into_its_folder(tmp_path):
+    store = LocalStore(tmp_path / "media")
+    key = stored(store, tmp_path)
+    assert (tmp_path / "media" / key).read_bytes() == b"ID3 mp3 bytes"
+    assert list(tmp_path.glob("*.part")) == []
+    assert store.size(key) == 13
+    assert store.root == (tmp_path / "media").resolve()
+
+
+def test_a_failed_put_leaves_neither_file(tmp_path):
+    store = LocalStore(tmp_path / "media")
+    key = new_key()
+    (store.root / key).mkdir(parents=True)  # a folder where the file should go: the rename fails
+    (store.root / key / "x").touch()
+    scratch = tmp_path / "a.part"
+    scratch.write_bytes(b"x")
+    with pytest.raises(OSError):
+        store.put(scratch, key)
+    assert not scratch.exists()
+
+
+@pytest.mark.parametrize(
+    "key", ["../evil.mp3", "ab/not-a-uuid.mp3", "AB/" + "a" * 36 + ".mp3", "ab/x.mp3/../y"]
+)
+def test_only_keys_of_the_services_shape_are_used(tmp_path, key):
+    store = LocalStore(tmp_path / "media")
+    assert store.size(key) is None
+    with pytest.raises(ValueError, match=r"^not a media key: "):
+        store.delete(key)
+
+
+def test_size_is_none_for_what_is_missing_or_not_a_file(tmp_path):
+    store = LocalStore(tmp_path / "media")
+    key = new_key()
+    assert store.size(key) is None
+    (store.root / key).mkdir(parents=True)
+    assert store.size(key) is None
+
+
+def test_read_gives_exactly_the_range_in_pieces_of_at_most_chunk_bytes(tmp_path):
+    store = LocalStore(tmp_path / "media")
+    data = os.urandom(CHUNK_BYTES * 2 + 100)
+    key = stored(store, tmp_path, data)
+    pieces = list(store.read(key, 10, len(data)))
+    assert b"".join(pieces) == data[10:]
+    assert [len(piece) for piece in pieces] == [CHUNK_BYTES, CHUNK_BYTES, 90]
+    assert b"".join(store.read(key, 5, 6)) == data[5:6]
+    assert list(store.read(key, 7, 7)) == []
+    assert b"".join(store.read(key, len(data) - 3, len(data) + 50)) == data[-3:]  # the file is shorter
+
+
+def test_delete_is_idempotent(tmp_path):
+    store = LocalStore(tmp_path / "media")
+    key = stored(store, tmp_path)
+    store.delete(key)
+    store.delete(key)
+    assert store.size(key) is None
+
+
+def test_keys_older_than_lists_only_old_files_of_the_services_shape(tmp_path):
+    store = LocalStore(tmp_path / "media")
+    old, new = stored(store, tmp_path, age=120), stored(store, tmp_path)
+    (store.root / old[:2] / "stray.mp3").touch()
+    os.utime(store.root / old[:2] / "stray.mp3", (0, 0))
+    assert list(store.keys_older_than(60)) == [old]
+    assert sorted(store.keys_older_than(-60)) == sorted([old, new])
+
+
+def test_the_sweep_deletes_old_objects_without_a_row(tmp_path, caplog):
+    store = LocalStore(tmp_path / "media")
+    kept, orphan, young = (
+        stored(store, tmp_path, age=120),
+        stored(store, tmp_path, age=120),
+        stored(store, tmp_path),
+    )
+    asked: list[list[str]] = []
+
+    def with_rows(keys: list[str]) -> set[str]:
+        asked.append(keys)
+        return {kept} & set(keys)
+
+    with caplog.at_level(logging.INFO, logger="storage"):
+        assert sweep_orphans(store, with_rows, grace=60) == 1
+    assert (store.size(kept), store.size(orphan), store.size(young)) == (13, None, 13)
+    assert sorted(asked[0]) == sorted([kept, orphan])
+    assert caplog.messages == ["removed 1 stored MP3s that no record points at"]
+    caplog.clear()
+    assert sweep_orphans(store, with_rows, grace=60) == 0
+    assert caplog.messages == []
+
+
+def test_the_sweep_asks_about_keys_in_batches(tmp_path):
+    store = LocalStore(tmp_path / "media")
+    keys = {new_key() for _ in range(SWEEP_BATCH + 1)}
+    for key in keys:  # written in place: a put's fsyncs would make this slow
+        (store.root / key).parent.mkdir(exist_ok=True)
+        (store.root / key).touch()
+        os.utime(store.root / key, (0, 0))
+    sizes: list[int] = []
+
+    def with_rows(batch: list[str]) -> set[str]:
+        sizes.append(len(batch))
+        return set(batch)
+
+    assert sweep_orphans(store, with_rows, grace=60) == 0
+    assert sorted(sizes) == [1, SWEEP_BATCH]
+    assert all(store.size(key) == 0 for key in keys)
+
+
+def test_the_media_directory_is_the_default_store(tmp_path):
+    store = open_store(Settings(data_dir=tmp_path))
+    assert isinstance(store, LocalStore) and store.root == (tmp_path / "media").resolve()
+    assert (tmp_path / "media").is_dir()
