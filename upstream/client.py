@@ -73,8 +73,10 @@ class JServiceClient:
         timeout = max(timeout, MIN_TIMEOUT_SECONDS)
         request = HTTPRequest(
             f"{self._base_url}/api/random?count={min(count, MAX_BATCH)}",
-            headers={"Accept": "application/json"},
-            connect_timeout=timeout,
+            # Equivalent mutants: jService answers JSON whatever the Accept header says, and
+            # request_timeout bounds the connection's time as well as connect_timeout.
+            headers={"Accept": "application/json"},  # pragma: no mutate
+            connect_timeout=timeout,  # pragma: no mutate
             request_timeout=timeout,
             # A redirect is answered 502: followed, it could lead the service's requests anywhere.
             follow_redirects=False,
@@ -160,7 +162,7 @@ def parse_clue(item: Any) -> Clue | None:
     title = category.get("title") if isinstance(category, dict) else None
     value = item.get("value")
     if isinstance(title, str) and not storable_text(title):
-        title = None
+        title = None  # pragma: no mutate - equivalent: an empty title is dropped below as well
     return Clue(
         jservice_id=jservice_id,
         question=question.strip(),

@@ -192,3 +192,18 @@ def test_the_other_text_settings_are_read():
         "eu-west-1",
         "http://s3:8333",
     )
+
+
+def test_a_url_keeps_its_path():
+    assert (
+        load_settings({"JSERVICE_URL": "http://standin:8001/apiX/"}).jservice_url
+        == "http://standin:8001/apiX"
+    )
+    assert load_settings({"CORS_ORIGINS": "https://APP.EXAMPLE.BOX/"}).cors_origins == (
+        "https://app.example.box",
+    )
+
+
+def test_the_process_environment_is_read_by_default(monkeypatch):
+    monkeypatch.setenv("PORT", "8123")
+    assert load_settings().port == 8123

@@ -153,3 +153,23 @@ def test_closing_after_the_file_part_ended_keeps_the_file(tmp_path):
     form.feed(data)
     form.close()
     assert form.spool.wait_for(10) == (4, True)
+
+
+def test_a_form_without_a_file_leaves_the_spool_untouched(tmp_path):
+    form = parse(tmp_path, body(part("user", b"1")))
+    assert form.spool.wait_for(1, timeout=0) == (0, False)  # neither complete nor abandoned
+
+
+def test_undecodable_bytes_are_replaced(tmp_path):
+    data = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="user"\r\n\r\n'.encode()
+        + b"1\xff\r\n"
+        + f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="'.encode()
+        + b'take\xff.wav"\r\n\r\nRIFF\r\n'
+        + f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="'.encode()
+        + b'us\xffer"\r\n\r\nx\r\n'
+        + f"--{BOUNDARY}--\r\n".encode()
+    )
+    form = parse(tmp_path, data, fields=("user", "us\ufffder"))
+    assert form.fields == {"user": "1\ufffd", "us\ufffder": "x"}
+    assert form.filename == "take\ufffd.wav"

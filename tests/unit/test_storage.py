@@ -13,6 +13,7 @@ import pytest
 from config import Settings
 from storage import CHUNK_BYTES, SWEEP_BATCH, open_store, sweep_orphans
 from storage.local import LocalStore
+from storage.s3 import S3Store
 
 
 def new_key() -> str:
@@ -145,3 +146,48 @@ def test_the_media_directory_is_the_default_store(tmp_path):
     store = open_store(Settings(data_dir=tmp_path))
     assert isinstance(store, LocalStore) and store.root == (tmp_path / "media").resolve()
     assert (tmp_path / "media").is_dir()
+
+
+def test_stores_on_one_new_nested_folder_share_it(tmp_path):
+    first = LocalStore(tmp_path / "a" / "b" / "media")
+    second = LocalStore(tmp_path / "a" / "b" / "media")
+    key = stored(first, tmp_path)
+    assert second.size(key) == 13
+
+
+def test_an_executable_file_is_still_a_regular_file(tmp_path):
+    store = LocalStore(tmp_path / "media")
+    key = stored(store, tmp_path)
+    (store.root / key).chmod(0o755)
+    assert store.size(key) == 13
+
+
+def test_a_file_gone_while_listing_is_skipped(tmp_path):
+    store = LocalStore(tmp_path / "media")
+    folder = store.root / "ab"
+    folder.mkdir()
+    keys = set()
+    for _ in range(20):
+        key = f"ab/{uuid.uuid4()}.mp3"
+        (store.root / key).touch()
+        os.utime(store.root / key, (0, 0))
+        keys.add(key)
+    (folder / f"{uuid.uuid4()}.mp3").symlink_to(folder / "gone")  # stat() finds no file behind it
+    assert set(store.keys_older_than(60)) == keys
+
+
+def test_every_orphan_is_counted(tmp_path, caplog):
+    store = LocalStore(tmp_path / "media")
+    for _ in range(3):
+        stored(store, tmp_path, age=120)
+    with caplog.at_level(logging.INFO, logger="storage"):
+        assert sweep_orphans(store, lambda keys: set(), grace=60) == 3
+    assert caplog.messages == ["removed 3 stored MP3s that no record points at"]
+
+
+def test_a_bucket_is_the_store_media_store_s3_names(tmp_path):
+    settings = Settings(
+        data_dir=tmp_path, media_store="s3", s3_bucket="quiz-media", s3_endpoint_url="http://127.0.0.1:9"
+    )
+    store = open_store(settings)
+    assert isinstance(store, S3Store) and store.bucket == "quiz-media"

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import random
 import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -285,6 +287,8 @@ def test_edge_clues_are_kept_with_what_is_usable(fields):
         item(1, answer="a\x00"),
         item(1, question=None),
         item(-1),
+        item(0),
+        item(2**63),
         ["id", 1],
     ],
 )
@@ -398,10 +402,10 @@ async def test_retry_after_sets_the_delay(http, standin):
     assert gaps(standin)[0] >= 0.3
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=10)
 async def test_a_retry_after_past_the_budget_ends_the_request_at_once(http, standin):
     standin.behaviour.fail_times, standin.behaviour.fail_status = 10, 429
-    standin.behaviour.retry_after = "30"
+    standin.behaviour.retry_after = "3600"  # waited for, the test would time out
     error = await shortfall(http, standin, 2, Questions())
     assert (error.reason, error.detail, error.saved, error.requested) == (
         "bad_gateway",
@@ -416,7 +420,13 @@ async def test_a_retry_after_past_the_budget_ends_the_request_at_once(http, stan
 async def test_a_refusal_is_not_retried(http, standin):
     standin.behaviour.fail_times, standin.behaviour.fail_status = 10, 404
     error = await shortfall(http, standin, 2, Questions())
-    assert (error.reason, error.detail) == ("bad_gateway", "the upstream answered HTTP 404")
+    assert (error.reason, error.detail, error.saved, error.requested) == (
+        "bad_gateway",
+        "the upstream answered HTTP 404",
+        0,
+        2,
+    )
+    assert str(error) == error.detail
     assert standin.behaviour.requested_counts == [2]
 
 
@@ -476,3 +486,83 @@ async def test_only_unusable_questions_end_with_a_bad_gateway(http, standin):
         http, standin, 2, Questions(), Budget(max_calls=2, seconds=10.0, call_timeout=2.0)
     )
     assert error.detail == "the upstream returned no questions"
+
+
+@pytest.fixture
+def tokyo() -> Iterator[None]:
+    """The process's local time zone at UTC+9, so a local-time conversion shows."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Tokyo"
+    time.tzset()
+    yield
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+def test_times_are_utc_whatever_the_local_time_zone(tokyo):
+    clue = parse_clue(item(1, created_at="2014-02-11T22:47:18", airdate="2200-12-31T23:59:59Z"))
+    assert clue is not None
+    assert clue.created_at == datetime(2014, 2, 11, 22, 47, 18, tzinfo=UTC)
+    assert clue.airdate == datetime(2200, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+@pytest.mark.gen_test
+async def test_the_base_urls_path_is_kept(http, standin):
+    error = await failure(JServiceClient(http, standin.url + "/X/"))
+    assert str(error) == "the upstream answered HTTP 404"
+
+
+@pytest.mark.gen_test
+async def test_no_call_allowed_is_a_shortfall_of_no_new_questions(http, standin):
+    error = await shortfall(
+        http, standin, 2, Questions(), Budget(max_calls=0, seconds=10.0, call_timeout=2.0)
+    )
+    assert (error.reason, error.detail, error.saved, error.requested) == (
+        "no_new_questions",
+        "the upstream returned only questions that are already stored",
+        0,
+        2,
+    )
+    assert standin.behaviour.requested_counts == []
+
+
+def known(count: int) -> Questions:
+    """A store that already holds the stand-in's first `count` ids."""
+    questions = Questions()
+    for number in range(1, count + 1):
+        questions.rows[number] = {"id": number}
+    return questions
+
+
+@pytest.mark.gen_test
+async def test_known_questions_after_a_failure_are_the_reason_given(http, standin):
+    standin.behaviour.pool_size, standin.behaviour.fail_times = 3, 1
+    error = await shortfall(http, standin, 2, known(3), Budget(max_calls=3, seconds=10.0, call_timeout=2.0))
+    assert (error.reason, error.detail) == (
+        "no_new_questions",
+        "the upstream returned only questions that are already stored",
+    )
+    assert len(standin.behaviour.requested_counts) == 3
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_slow_answers_stop_at_the_time_budget(http, standin):
+    standin.behaviour.pool_size, standin.behaviour.latency = 3, 0.3
+    budget = Budget(max_calls=50, seconds=0.5, call_timeout=2.0)
+    error = await shortfall(http, standin, 2, known(3), budget)
+    assert error.reason == "timeout"  # the second call had only the 0.2 s left
+    assert len(standin.behaviour.requested_counts) == 2  # not 50
+
+
+@pytest.mark.gen_test
+async def test_each_consecutive_failure_waits_longer(http, standin):
+    random.seed(5)  # the jitter drawn again below: 0.62, 0.74, 0.80, 0.94 of each cap
+    least = [backoff_delay(failures) for failures in range(4)]
+    random.seed(5)
+    standin.behaviour.fail_times = 4
+    await collect(http, standin, 1, Questions())
+    assert len(standin.behaviour.requested_counts) == 5
+    assert all(gap >= delay for gap, delay in zip(gaps(standin), least, strict=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -207,3 +208,21 @@ def test_a_streaming_header_of_unknown_size_takes_the_rest_of_the_file(tmp_path)
 def test_duration_counts_frames_at_the_rate(tmp_path):
     wav = info(tmp_path, riff(chunk(b"fmt ", fmt(1, 2, 8000, 16)), chunk(b"data", bytes(8000))))
     assert wav.duration == 0.25
+
+
+def test_one_byte_of_8_bit_mono_is_audio(tmp_path):
+    wav = info(tmp_path, riff(chunk(b"fmt ", fmt(bits=8)), chunk(b"data", b"\x80")))
+    assert (wav.block_align, wav.data_bytes) == (1, 1)
+
+
+def test_an_extensible_sub_format_is_read_unsigned(tmp_path):
+    data = riff(chunk(b"fmt ", extensible(sub_format=0xFFFE)), chunk(b"data", bytes(400)))
+    assert refusal(tmp_path, data).startswith("codec 0xfffe is not supported")
+
+
+def test_a_streaming_header_over_4_gib_takes_the_whole_file(tmp_path):
+    path = tmp_path / "long.wav"
+    head = riff(chunk(b"fmt ", fmt())) + b"data\xff\xff\xff\xff"
+    path.write_bytes(head)
+    os.truncate(path, len(head) + 2**32 + 16)  # sparse: no disk space used
+    assert read_wav_info(path).data_bytes == 2**32 + 16
