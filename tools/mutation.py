@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 import tomllib
+import warnings
 from pathlib import Path
 
 import _pytest.nodes
@@ -82,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minimum", type=float, default=90.0, help="lowest acceptable total percent")
     parser.add_argument("--survivors", action="store_true", help="list the mutants not killed")
     args = parser.parse_args(argv)
+    warnings.simplefilter("ignore", ResourceWarning)  # mutmut leaves a /dev/null handle to the collector
     started = time.monotonic()
+    os.chdir(ROOT)  # mutmut reads pyproject.toml and writes mutants/ in the current folder
     if not args.keep:
         shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     print(f"make mutation: mutmut is running (its output: {LOG.relative_to(ROOT)})", flush=True)
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             report += [f"    {name}" for name in alive]
     report.append(line("mutation", all_killed, all_total))
     print("\n".join(report))
-    print(f"(in {time.monotonic() - started:.0f} s; `mutmut show <name>` in this folder shows a mutant)")
+    print(f"(in {time.monotonic() - started:.0f} s; `.venv/bin/mutmut show <name>` shows a mutant)")
     return 0 if all_total and 100.0 * all_killed / all_total >= args.minimum else 1
 
 

@@ -73,10 +73,8 @@ class JServiceClient:
         timeout = max(timeout, MIN_TIMEOUT_SECONDS)
         request = HTTPRequest(
             f"{self._base_url}/api/random?count={min(count, MAX_BATCH)}",
-            # Equivalent mutants: jService answers JSON whatever the Accept header says, and
-            # request_timeout bounds the connection's time as well as connect_timeout.
-            headers={"Accept": "application/json"},  # pragma: no mutate
-            connect_timeout=timeout,  # pragma: no mutate
+            headers={"Accept": "application/json"},
+            connect_timeout=timeout,
             request_timeout=timeout,
             # A redirect is answered 502: followed, it could lead the service's requests anywhere.
             follow_redirects=False,

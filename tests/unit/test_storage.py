@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from config import Settings
-from storage import CHUNK_BYTES, SWEEP_BATCH, open_store, sweep_orphans
+from storage import CHUNK_BYTES, SWEEP_BATCH, StorageFull, open_store, sweep_orphans
 from storage.local import LocalStore
 from storage.s3 import S3Store
 
@@ -191,3 +195,31 @@ def test_a_bucket_is_the_store_media_store_s3_names(tmp_path):
     )
     store = open_store(settings)
     assert isinstance(store, S3Store) and store.bucket == "quiz-media"
+
+
+@pytest.fixture
+def three_inodes(tmp_path: Path) -> Iterator[Path]:
+    """A real tmpfs with room for three files or folders (its root counts), unmounted afterwards."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root on Linux (CI runs the tests as root)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=3", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_media_directory_is_storage_full_and_keeps_no_file(three_inodes):
+    store = LocalStore(three_inodes / "media")
+    scratch = store.root / "upload.part"  # on the same file system, as scratch space is
+    scratch.write_bytes(b"mp3")  # the last inode: the key's folder cannot be made
+    with pytest.raises(StorageFull) as full:
+        store.put(scratch, new_key())
+    assert (full.value.errno, full.value.strerror) == (errno.ENOSPC, "the media directory is full")
+    assert list(store.root.iterdir()) == []
