@@ -10,13 +10,13 @@ A mutant counts as killed when a test failed or timed out with it.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
 import sys
 import time
 import tomllib
-import warnings
 from pathlib import Path
 
 import _pytest.nodes
@@ -52,6 +52,7 @@ def run_mutmut(children: int) -> bool:
         except SystemExit as stop:
             return stop.code in (0, None)
         finally:
+            gc.collect()  # mutmut's stray /dev/null handle is reported here, into the log
             sys.stdout.flush()
             sys.stderr.flush()
             os.dup2(saved[0], 1)
@@ -83,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minimum", type=float, default=90.0, help="lowest acceptable total percent")
     parser.add_argument("--survivors", action="store_true", help="list the mutants not killed")
     args = parser.parse_args(argv)
-    warnings.simplefilter("ignore", ResourceWarning)  # mutmut leaves a /dev/null handle to the collector
     started = time.monotonic()
     os.chdir(ROOT)  # mutmut reads pyproject.toml and writes mutants/ in the current folder
     if not args.keep:

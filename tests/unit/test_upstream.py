@@ -157,20 +157,40 @@ async def test_an_unreachable_upstream_is_a_bad_gateway_worth_retrying(http):
     assert str(error).startswith("cannot reach the upstream: ")
 
 
-@pytest.mark.gen_test
-async def test_a_connection_closed_without_an_answer_is_a_failed_call_worth_retrying(http):
-    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+class HangUp:
+    """A server that reads each request line and closes the connection without an answer."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.url = ""
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> HangUp:
+        self.server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.calls += 1
         await reader.readline()
         writer.close()
 
-    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        error = await failure(JServiceClient(http, f"http://127.0.0.1:{port}"))
-    finally:
-        server.close()
+
+@pytest.mark.gen_test
+async def test_a_connection_closed_without_an_answer_is_a_failed_call_worth_retrying(http):
+    hang_up = await HangUp().start()
+    error = await failure(JServiceClient(http, hang_up.url))
     assert (error.kind, error.transient) == ("bad_gateway", True)
     assert str(error).startswith("upstream call failed: ")
+    with pytest.raises(QuestionsShortfall) as fell_short:
+        await store_new_questions(
+            1, JServiceClient(http, hang_up.url), Questions().store(), Budget(3, 10.0, 2.0)
+        )
+    assert fell_short.value.reason == "bad_gateway"
+    assert fell_short.value.detail.startswith("upstream call failed: ")
+    assert hang_up.calls == 4  # the single call, then the three the budget allows
+    assert hang_up.server is not None
+    hang_up.server.close()
 
 
 @pytest.mark.gen_test
