@@ -10,7 +10,6 @@ A mutant counts as killed when a test failed or timed out with it.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import shutil
@@ -52,7 +51,6 @@ def run_mutmut(children: int) -> bool:
         except SystemExit as stop:
             return stop.code in (0, None)
         finally:
-            gc.collect()  # mutmut's stray /dev/null handle is reported here, into the log
             sys.stdout.flush()
             sys.stderr.flush()
             os.dup2(saved[0], 1)
@@ -76,6 +74,12 @@ def line(name: str, killed: int, total: int) -> str:
     return f"{name}: {killed} killed of {total} ({percent:.1f}%)"
 
 
+def quiet_resource_warnings(unraisable: sys.UnraisableHookArgs) -> None:
+    """Drop the ResourceWarning of mutmut's stray /dev/null handle; report anything else."""
+    if unraisable.exc_type is not ResourceWarning:
+        sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run mutmut, report per module and in total; 1 when the total is below the minimum."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -84,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minimum", type=float, default=90.0, help="lowest acceptable total percent")
     parser.add_argument("--survivors", action="store_true", help="list the mutants not killed")
     args = parser.parse_args(argv)
+    sys.unraisablehook = quiet_resource_warnings
     started = time.monotonic()
     os.chdir(ROOT)  # mutmut reads pyproject.toml and writes mutants/ in the current folder
     if not args.keep:

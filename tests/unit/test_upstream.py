@@ -575,7 +575,7 @@ async def test_slow_answers_stop_at_the_time_budget(http, standin):
     # Usually the third call is cut at the deadline (a timeout); on a slow machine the budget may
     # be spent before it starts.
     assert error.reason in ("timeout", "no_new_questions")
-    assert len(standin.behaviour.requested_counts) <= 3  # not 50
+    assert 2 <= len(standin.behaviour.requested_counts) <= 3  # not 50
 
 
 @pytest.mark.gen_test
