@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STANDIN_PORT ?= 8001
 
-.PHONY: test test-fast lint run standin clean bench bench-quick soak test-docker image-ffmpeg
+.PHONY: test test-fast lint run standin clean bench bench-quick soak test-docker image-ffmpeg mutation
 
 $(BIN)/.installed: requirements.txt requirements-run.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: lint
 # The quick subset (marker `fast`: the unit tests and the quick API modules), under a minute.
 test-fast: $(BIN)/.installed
 	$(BIN)/pytest -m "fast and not docker"
+
+# Mutation testing of the parsing, validation and decision modules against their fast tests
+# (pyproject.toml [tool.mutmut]; docs/reliability.md): one line per module, fails below 90%.
+# Not part of `make test` or CI: about 20 minutes on two cores.
+mutation: $(BIN)/.installed
+	$(BIN)/python tools/mutation.py $(MUTATION_ARGS)
 
 # docker-compose.yml built, started and exercised on a Docker engine (skips when none answers);
 # CI runs it after `make test`. The first build compiles ffmpeg: a few minutes on two cores.
@@ -79,4 +85,4 @@ soak: $(BIN)/.installed
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache mutants

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -78,14 +79,11 @@ def _text(value: str) -> str:
     return value.strip()
 
 
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        number = int(value)
-        if not low <= number <= high:
-            raise ValueError(f"must be between {low} and {high}")
-        return number
-
-    return parse
+def _int_in(low: int, high: int, value: str) -> int:
+    number = int(value)
+    if not low <= number <= high:
+        raise ValueError(f"must be between {low} and {high}")
+    return number
 
 
 def _seconds(value: str) -> float:
@@ -161,29 +159,29 @@ def _bucket(value: str) -> str:
 VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DATABASE_URL": ("database_url", _postgres_url),
     "HOST": ("host", _text),
-    "PORT": ("port", _int_in(0, 65535)),
+    "PORT": ("port", partial(_int_in, 0, 65535)),
     "DATA_DIR": ("data_dir", _path),
     "JSERVICE_URL": ("jservice_url", _http_url),
     "JSERVICE_TIMEOUT": ("jservice_timeout", _seconds),
-    "JSERVICE_MAX_CALLS": ("jservice_max_calls", _int_in(1, 1000)),
+    "JSERVICE_MAX_CALLS": ("jservice_max_calls", partial(_int_in, 1, 1000)),
     "JSERVICE_BUDGET_SECONDS": ("jservice_budget_seconds", _seconds),
-    "MAX_QUESTIONS_NUM": ("max_questions_num", _int_in(0, 100_000)),
+    "MAX_QUESTIONS_NUM": ("max_questions_num", partial(_int_in, 0, 100_000)),
     "DB_WAIT_SECONDS": ("db_wait_seconds", _seconds),
-    "DB_POOL_SIZE": ("db_pool_size", _int_in(1, 200)),
+    "DB_POOL_SIZE": ("db_pool_size", partial(_int_in, 1, 200)),
     "SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", _seconds),
     "LOG_LEVEL": ("log_level", _log_level),
     "MEDIA_DIR": ("media_dir", _path),
     "PUBLIC_URL": ("public_url", _http_url),
-    "MAX_UPLOAD_BYTES": ("max_upload_bytes", _int_in(1024, 2**40)),
+    "MAX_UPLOAD_BYTES": ("max_upload_bytes", partial(_int_in, 1024, 2**40)),
     "UPLOAD_TIMEOUT": ("upload_timeout", _seconds),
-    "CONVERT_WORKERS": ("convert_workers", _int_in(1, 256)),
-    "CONVERT_QUEUE": ("convert_queue", _int_in(0, 10_000)),
+    "CONVERT_WORKERS": ("convert_workers", partial(_int_in, 1, 256)),
+    "CONVERT_QUEUE": ("convert_queue", partial(_int_in, 0, 10_000)),
     "CONVERT_TIMEOUT": ("convert_timeout", _seconds),
     "MP3_BITRATE": ("mp3_bitrate", _bitrate),
     "FFMPEG_BINARY": ("ffmpeg_binary", _text),
     "HTTP_IDLE_TIMEOUT": ("http_idle_timeout", _seconds),
     "HTTP_BODY_TIMEOUT": ("http_body_timeout", _seconds),
-    "WORKERS": ("workers", _int_in(1, 64)),
+    "WORKERS": ("workers", partial(_int_in, 1, 64)),
     "CORS_ORIGINS": ("cors_origins", _origins),
     "TRUSTED_PROXIES": ("trusted_proxies", _networks),
     "ORPHAN_GRACE_SECONDS": ("orphan_grace_seconds", _seconds),

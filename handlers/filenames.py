@@ -21,7 +21,7 @@ def sanitize_filename(name: str | None) -> str:
 
 def download_stem(original_name: str) -> str:
     """The download's name without extension: the upload's stem, or a fallback."""
-    stem = original_name.rsplit(".", 1)[0] if "." in original_name else original_name
+    stem = original_name.rsplit(".", 1)[0]
     return stem.strip(" .")[:MAX_STEM_CHARS] or FALLBACK_STEM
 
 

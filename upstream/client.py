@@ -160,7 +160,7 @@ def parse_clue(item: Any) -> Clue | None:
     title = category.get("title") if isinstance(category, dict) else None
     value = item.get("value")
     if isinstance(title, str) and not storable_text(title):
-        title = None
+        title = None  # pragma: no mutate - equivalent: an empty title is dropped below as well
     return Clue(
         jservice_id=jservice_id,
         question=question.strip(),
