@@ -17,7 +17,7 @@ from tornado.web import HTTPError
 
 from handlers.base import BaseHandler
 from handlers.filenames import content_disposition, sanitize_filename
-from handlers.problems import ApiError, invalid
+from handlers.problems import RETRY_AFTER, ApiError, invalid
 from handlers.upload import Upload, stopped_before_conversion, storage_failed
 from queries.records import delete_record, find_record, insert_record, list_user_records
 from queries.users import check_token
@@ -75,6 +75,12 @@ def download_url(handler: BaseHandler, record_id: str, user_id: int) -> str:
 def new_key(record_id: uuid.UUID) -> str:
     """Where a record's MP3 is kept in the store: spread over 256 folders by its id."""
     return f"{record_id.hex[:2]}/{record_id}.mp3"
+
+
+def store_unreadable(error: OSError) -> ApiError:
+    """The 503 for a download the media store cannot serve now; the log has the specifics."""
+    log.error("cannot read a record from the media store: %s", error)
+    return ApiError(503, "the record cannot be read right now", headers=RETRY_AFTER)
 
 
 class RecordUploadHandler(BaseHandler):
@@ -213,7 +219,7 @@ class RecordHandler(BaseHandler):
         try:
             size = await self.in_io(self.store.size, record["path"])
         except OSError as error:
-            raise storage_failed(error, "the record") from None
+            raise store_unreadable(error) from None
         if size is None:
             log.error("record %s: its MP3 %s is missing from the store", record["id"], record["path"])
             raise ApiError(404, "this record's audio file is missing")
@@ -278,7 +284,7 @@ class RecordHandler(BaseHandler):
                 raise  # the status has left: the connection is cut short instead
             if isinstance(error, FileNotFoundError):
                 raise ApiError(404, "this record's audio file is missing") from None
-            raise storage_failed(error, "the record") from None
+            raise store_unreadable(error) from None
         finally:
             await self.in_io(pieces.close)
 
