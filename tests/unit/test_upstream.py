@@ -385,7 +385,7 @@ async def test_nothing_asked_returns_the_latest_without_calling_upstream(http, s
 
 @pytest.mark.gen_test
 async def test_new_questions_are_stored_in_batches_of_at_most_100(http, standin):
-    standin.behaviour.pool_size = 1_000_000
+    standin.behaviour.pool_size = 2_000_000_000  # no id drawn twice across calls (ids stay 32-bit)
     questions = Questions()
     questions.rows[9] = {"id": 0, "question": "older"}
     assert await collect(http, standin, 150, questions) == {"id": 0, "question": "older"}
@@ -395,7 +395,7 @@ async def test_new_questions_are_stored_in_batches_of_at_most_100(http, standin)
 
 @pytest.mark.gen_test
 async def test_repeats_are_asked_again_until_enough_are_new(http, standin):
-    standin.behaviour.pool_size = 1_000_000
+    standin.behaviour.pool_size = 2_000_000_000  # no id drawn twice across calls (ids stay 32-bit)
     standin.behaviour.repeat_in_batch = True  # each batch holds half as many distinct clues as asked
     questions = Questions()
     assert await collect(http, standin, 8, questions) is None
