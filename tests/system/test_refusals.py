@@ -8,6 +8,7 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -145,17 +146,33 @@ def capacity_is_full(base_url: str) -> bool:
     return status == 503
 
 
-@pytest.mark.parametrize(("size", "times"), SIZES)
-def test_a_full_capacity_gets_its_503(large_cap, size, times):
-    # An upload that stalls after its first bytes holds the only conversion slot.
+def hold_the_slot(base_url: str, deadline: float = 30.0) -> socket.socket:
+    """A connection whose upload stalls after its first bytes, holding the only conversion slot.
+    The previous test's last probe may free its slot a moment after its answer, so a holder that
+    arrives in between is refused (503) and tries again."""
     head = (
         "POST /records HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
         f"Content-Length: {10 * MB}\r\n\r\n--x\r\n"
     )
-    holder = socket.create_connection(("127.0.0.1", port_of(large_cap.base_url)))
-    try:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        holder = socket.create_connection(("127.0.0.1", port_of(base_url)))
         holder.sendall(head.encode())
-        asyncio.run(poll(lambda: capacity_is_full(large_cap.base_url)))
+        holder.settimeout(0.5)
+        try:
+            refused = holder.recv(64)  # an answer before the body is in can only be a refusal
+        except TimeoutError:
+            refused = b""
+        if not refused and capacity_is_full(base_url):
+            return holder
+        holder.close()
+    raise AssertionError(f"no upload could hold the slot within {deadline}s")
+
+
+@pytest.mark.parametrize(("size", "times"), SIZES)
+def test_a_full_capacity_gets_its_503(large_cap, size, times):
+    holder = hold_the_slot(large_cap.base_url)
+    try:
         for _ in range(times):
             answer = post_whole_body(large_cap.base_url, "/records", "multipart/form-data; boundary=x", size)
             assert_refused(answer, 503)
