@@ -77,6 +77,11 @@ def new_key(record_id: uuid.UUID) -> str:
     return f"{record_id.hex[:2]}/{record_id}.mp3"
 
 
+def audio_missing() -> ApiError:
+    """The 404 for a row whose MP3 the store does not hold (the log says which)."""
+    return ApiError(404, "this record's audio file is missing")
+
+
 def store_unreadable(error: OSError) -> ApiError:
     """The 503 for a download the media store cannot serve now; the log has the specifics."""
     log.error("cannot read a record from the media store: %s", error)
@@ -222,7 +227,7 @@ class RecordHandler(BaseHandler):
             raise store_unreadable(error) from None
         if size is None:
             log.error("record %s: its MP3 %s is missing from the store", record["id"], record["path"])
-            raise ApiError(404, "this record's audio file is missing")
+            raise audio_missing()
         return size
 
     def _set_file_headers(self, record: dict[str, Any]) -> None:
@@ -283,7 +288,7 @@ class RecordHandler(BaseHandler):
             if sent:
                 raise  # the status has left: the connection is cut short instead
             if isinstance(error, FileNotFoundError):
-                raise ApiError(404, "this record's audio file is missing") from None
+                raise audio_missing() from None
             raise store_unreadable(error) from None
         finally:
             await self.in_io(pieces.close)
