@@ -11,6 +11,9 @@ ACCEPTED_BITS = {PCM: {8, 16, 24, 32}, IEEE_FLOAT: {32, 64}, ALAW: {8}, MULAW: {
 MAX_CHANNELS = 8
 MIN_RATE, MAX_RATE = 8_000, 192_000
 UNKNOWN_SIZE = 0xFFFFFFFF
+# An extensible header names its codec by a GUID: the 2-byte format tag, then this fixed tail
+# (KSDATAFORMAT_SUBTYPE_*). ffmpeg cannot decode a sub-format whose GUID ends otherwise.
+SUBTYPE_GUID_TAIL = bytes.fromhex("000000001000800000aa00389b71")
 
 
 class NotWav(ValueError):
@@ -69,8 +72,11 @@ def _parse_fmt(raw: bytes, declared: int) -> tuple[int, int, int, int, int]:
         raise InvalidWav("the fmt chunk is truncated")
     tag, channels, rate, _byte_rate, block_align, bits = struct.unpack("<HHIIHH", raw[:16])
     if tag == EXTENSIBLE:
-        if len(raw) < 26:
+        # ffmpeg reads the extension only when the chunk and its cbSize field hold all 22 bytes.
+        if len(raw) < 40 or struct.unpack("<H", raw[16:18])[0] < 22:
             raise InvalidWav("the extensible fmt chunk is truncated")
+        if raw[26:40] != SUBTYPE_GUID_TAIL:
+            raise InvalidWav("the extensible fmt chunk names an unknown sub-format GUID")
         tag = struct.unpack("<H", raw[24:26])[0]
     if tag not in ACCEPTED_BITS:
         raise InvalidWav(f"codec 0x{tag:04x} is not supported; send PCM, IEEE float, A-law or mu-law")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import math
 import os
 import struct
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -53,6 +54,8 @@ def test_schemathesis_finds_no_failure(stack):
     assert " 500 " not in server.log
 
 
+# The end of every standard extensible sub-format GUID, after its 2-byte format tag.
+KSDATAFORMAT_TAIL = bytes.fromhex("000000001000800000aa00389b71")
 FORMAT_TAGS = st.one_of(st.sampled_from([1, 3, 6, 7, 0xFFFE, 0x55, 2, 0]), st.integers(0, 0xFFFF))
 RATES = st.one_of(
     st.sampled_from([0, 1, 7999, 8000, 11025, 44100, 48000, 96000, 192000, 192001]), st.integers(0, 2**32 - 1)
@@ -72,6 +75,7 @@ class GeneratedWav:
     align: int
     declared: int
     data_start: int  # where the sample bytes begin, after the data chunk's header
+    standard_guid: bool = True  # an extensible header's sub-format GUID ends as KSDATAFORMAT's do
 
     def expected_status(self) -> int:
         """What the service must answer: the oracle of what a usable WAV is (README: PCM 8-32 bit,
@@ -86,6 +90,7 @@ class GeneratedWav:
             and 1 <= self.channels <= 8
             and 8000 <= self.rate <= 192000
             and self.align == self.channels * self.bits // 8
+            and self.standard_guid
         )
         held = len(self.data) - self.data_start
         size = held if self.declared == 0xFFFFFFFF else min(self.declared, held)
@@ -100,12 +105,10 @@ def wav_files(draw: st.DrawFn) -> GeneratedWav:
     rate = draw(RATES)
     bits = draw(st.sampled_from([0, 4, 8, 12, 16, 20, 24, 32, 64]))
     align = draw(st.one_of(st.just(channels * bits // 8), st.integers(0, 80)))
-    byte_rate = (rate * align) % 2**32
-    fmt = struct.pack("<HHIIHH", tag, channels, rate, byte_rate, align, bits)
-    sub_format = None
+    sub_format, guid_tail = None, KSDATAFORMAT_TAIL
     if tag == 0xFFFE:
         sub_format = draw(st.sampled_from([1, 3, 0x55]))
-        fmt += struct.pack("<HHIH", 22, bits, 3, sub_format) + bytes(14)
+        guid_tail = draw(st.sampled_from([KSDATAFORMAT_TAIL, bytes(14)]))
     data = bytes(range(256)) * draw(st.integers(0, 64))
     if (tag if sub_format is None else sub_format) == 3 and bits in (32, 64):
         # Float samples are sound, not bytes: NaN, infinities and values near the float maximum
@@ -113,11 +116,32 @@ def wav_files(draw: st.DrawFn) -> GeneratedWav:
         count = len(data) * 8 // bits
         data = struct.pack(f"<{count}{'f' if bits == 32 else 'd'}", *(math.sin(i / 7) for i in range(count)))
     declared = draw(st.one_of(st.just(len(data)), st.just(0xFFFFFFFF), st.integers(0, 2**32 - 1)))
+    wav = build_wav(tag, channels, rate, bits, align, sub_format, guid_tail, declared, data)
+    fmt_end = wav.data_start - 8
+    boundaries = [0, 4, 8, 12, 16, 20, fmt_end, wav.data_start, wav.data_start + 1, len(wav.data)]
+    cut = draw(st.one_of(st.sampled_from(boundaries), st.integers(0, len(wav.data))))
+    return replace(wav, data=wav.data[:cut])
+
+
+def build_wav(
+    tag: int,
+    channels: int,
+    rate: int,
+    bits: int,
+    align: int,
+    sub_format: int | None,
+    guid_tail: bytes,
+    declared: int,
+    data: bytes,
+) -> GeneratedWav:
+    """A WAV of exactly these header fields and sample bytes (an extensible one when `sub_format`)."""
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, (rate * align) % 2**32, align, bits)
+    if sub_format is not None:
+        fmt += struct.pack("<HHIH", 22, bits, 3, sub_format) + guid_tail
     chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", declared) + data
     wav = b"RIFF" + struct.pack("<I", (4 + len(chunks)) % 2**32) + b"WAVE" + chunks
-    boundaries = [0, 4, 8, 12, 16, 20, 20 + len(fmt), 28 + len(fmt), 29 + len(fmt), len(wav)]
-    cut = draw(st.one_of(st.sampled_from(boundaries), st.integers(0, len(wav))))
-    return GeneratedWav(wav[:cut], tag, sub_format, channels, rate, bits, align, declared, 28 + len(fmt))
+    standard = guid_tail == KSDATAFORMAT_TAIL
+    return GeneratedWav(wav, tag, sub_format, channels, rate, bits, align, declared, 28 + len(fmt), standard)
 
 
 def post_upload(base_url: str, form: tuple[bytes, str]) -> tuple[int, str]:
@@ -145,6 +169,29 @@ def uploader(stack) -> dict[str, object]:
 def test_every_wav_header_gets_the_status_it_must_and_leaves_nothing_behind(
     stack, uploader, database_url, wav
 ):
+    upload_as_the_oracle_says(stack, uploader, database_url, wav)
+
+
+@pytest.mark.parametrize(
+    ("guid_tail", "detail"),
+    [
+        (KSDATAFORMAT_TAIL, None),
+        (bytes(14), "the extensible fmt chunk names an unknown sub-format GUID"),
+    ],
+    ids=["standard-guid", "unknown-guid"],
+)
+def test_an_extensible_wav_is_converted_only_with_a_standard_sub_format_guid(
+    stack, uploader, database_url, guid_tail, detail
+):
+    # One sample of 8-bit mono: the smallest audio there is. ffmpeg cannot decode a sub-format
+    # whose GUID does not end as the standard ones do, so the service refuses it up front.
+    wav = build_wav(0xFFFE, 1, 8000, 8, 1, 1, guid_tail, 1, b"\x80")
+    answer = upload_as_the_oracle_says(stack, uploader, database_url, wav)
+    assert detail is None or json.loads(answer)["detail"] == detail
+
+
+def upload_as_the_oracle_says(stack, uploader, database_url, wav: GeneratedWav) -> str:
+    """Upload `wav`, check it got the oracle's status and left exactly what that status means; the body."""
     server, media = stack
     rows_before = sql(database_url, "SELECT count(*) FROM records WHERE user_id = %s", (uploader["id"],))[0][
         0
@@ -157,3 +204,4 @@ def test_every_wav_header_gets_the_status_it_must_and_leaves_nothing_behind(
     assert (rows_after - rows_before, len(new_files)) == ((1, 1) if status == 201 else (0, 0))
     assert not scratch_files(media / ".tmp")
     assert not psutil.Process(server.process.pid).children(recursive=True)
+    return answer

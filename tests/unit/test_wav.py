@@ -165,16 +165,31 @@ def test_block_align_must_match_the_frame(tmp_path):
     assert refusal(tmp_path, data) == "block align 2 does not match 2 channels of 16 bits"
 
 
-@pytest.mark.parametrize("size", [26, 40])
-def test_extensible_headers_are_read_by_their_sub_format(tmp_path, size):
-    data = riff(chunk(b"fmt ", extensible(size=size)), chunk(b"data", bytes(400)))
+def test_extensible_headers_are_read_by_their_sub_format(tmp_path):
+    data = riff(chunk(b"fmt ", extensible()), chunk(b"data", bytes(400)))
     assert info(tmp_path, data) == WavInfo(1, 2, 48000, 16, 4, 400)
 
 
-@pytest.mark.parametrize("size", [16, 18, 24, 25])
+@pytest.mark.parametrize("size", [16, 18, 24, 25, 26, 39])
 def test_a_short_extensible_header_is_truncated(tmp_path, size):
     data = riff(chunk(b"fmt ", extensible(size=size)), chunk(b"data", bytes(400)))
     assert refusal(tmp_path, data) == "the extensible fmt chunk is truncated"
+
+
+@pytest.mark.parametrize("cb_size", [0, 21])
+def test_an_extension_shorter_than_its_22_bytes_is_truncated(tmp_path, cb_size):
+    body = extensible()
+    body = body[:16] + struct.pack("<H", cb_size) + body[18:]
+    data = riff(chunk(b"fmt ", body), chunk(b"data", bytes(400)))
+    assert refusal(tmp_path, data) == "the extensible fmt chunk is truncated"
+
+
+@pytest.mark.parametrize("at", [26, 27, 30, 39])
+def test_an_extensible_sub_format_guid_must_end_as_the_standard_ones(tmp_path, at):
+    body = bytearray(extensible())
+    body[at] ^= 0x01
+    data = riff(chunk(b"fmt ", bytes(body)), chunk(b"data", bytes(400)))
+    assert refusal(tmp_path, data) == "the extensible fmt chunk names an unknown sub-format GUID"
 
 
 def test_an_extensible_header_with_an_unsupported_sub_format_names_it(tmp_path):
