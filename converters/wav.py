@@ -75,7 +75,7 @@ def _parse_fmt(raw: bytes, declared: int) -> tuple[int, int, int, int, int]:
         # ffmpeg reads the extension only when the chunk and its cbSize field hold all 22 bytes.
         if len(raw) < 40 or struct.unpack("<H", raw[16:18])[0] < 22:
             raise InvalidWav("the extensible fmt chunk is truncated")
-        if raw[26:40] != SUBTYPE_GUID_TAIL:
+        if raw[26:] != SUBTYPE_GUID_TAIL:  # the 40 bytes read end with the GUID
             raise InvalidWav("the extensible fmt chunk names an unknown sub-format GUID")
         tag = struct.unpack("<H", raw[24:26])[0]
     if tag not in ACCEPTED_BITS:

@@ -10,12 +10,15 @@ A mutant counts as killed when a test failed or timed out with it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import _pytest.nodes
@@ -80,6 +83,28 @@ def quiet_resource_warnings(unraisable: sys.UnraisableHookArgs) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+@contextlib.contextmanager
+def test_database_server() -> Iterator[None]:
+    """TEST_DATABASE_URL for the tests of every mutant: one embedded cluster for the whole run when
+    none is set, so each mutant's test session creates a database on it instead of a cluster."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield
+        return
+    sys.path.insert(0, str(ROOT))
+    from embedded_db import start_embedded_postgres, stop_embedded_postgres
+
+    parent = Path(tempfile.mkdtemp(prefix="quiz-mutation-"))
+    os.environ["TEST_DATABASE_URL"] = start_embedded_postgres(parent / "pgdata")
+    owner = os.getpid()
+    try:
+        yield
+    finally:
+        if os.getpid() == owner:  # not a forked mutmut worker unwinding: the cluster is its own
+            del os.environ["TEST_DATABASE_URL"]
+            stop_embedded_postgres(parent / "pgdata")
+            shutil.rmtree(parent, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run mutmut, report per module and in total; 1 when the total is below the minimum."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep:
         shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     print(f"make mutation: mutmut is running (its output: {LOG.relative_to(ROOT)})", flush=True)
-    if not run_mutmut(args.children):
+    with test_database_server():
+        finished = run_mutmut(args.children)
+    if not finished:
         print("".join(LOG.read_text(errors="replace").splitlines(keepends=True)[-40:]))
         print("mutation: mutmut did not finish")
         return 1

@@ -1,5 +1,6 @@
 """upstream/: the client against the stand-in over HTTP (failures, redirects, sizes), clue parsing,
-and the collecting loop's retries, delays and budget as the stand-in sees them."""
+and the collecting loop's retries, delays and budget as the stand-in sees them, storing into the
+test database through the service's own queries."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from email.utils import format_datetime
 import pytest
 from tornado.curl_httpclient import CurlAsyncHTTPClient
 
-from queries.questions import QuestionDict
+from queries.questions import QuestionDict, insert_new_questions, latest_question
+from tests.support import sql
 from upstream.client import (
     MAX_ANSWER_BYTES,
     Clue,
@@ -177,14 +179,14 @@ class HangUp:
 
 
 @pytest.mark.gen_test
-async def test_a_connection_closed_without_an_answer_is_a_failed_call_worth_retrying(http):
+async def test_a_connection_closed_without_an_answer_is_a_failed_call_worth_retrying(http, questions):
     hang_up = await HangUp().start()
     error = await failure(JServiceClient(http, hang_up.url))
     assert (error.kind, error.transient) == ("bad_gateway", True)
     assert str(error).startswith("upstream call failed: ")
     with pytest.raises(QuestionsShortfall) as fell_short:
         await store_new_questions(
-            1, JServiceClient(http, hang_up.url), Questions().store(), Budget(3, 10.0, 2.0)
+            1, JServiceClient(http, hang_up.url), questions.store(), Budget(3, 10.0, 2.0)
         )
     assert fell_short.value.reason == "bad_gateway"
     assert fell_short.value.detail.startswith("upstream call failed: ")
@@ -332,25 +334,36 @@ def test_backoff_grows_from_50_ms_to_a_2_s_cap_with_full_jitter():
 
 
 class Questions:
-    """An in-memory QuestionStore: the loop's decisions without a database."""
+    """The questions table as the loop reaches it: PostgreSQL through the service's own queries, run
+    on a thread as the service runs them. It notes the ids of each batch it is handed."""
 
-    def __init__(self) -> None:
-        self.rows: dict[int, QuestionDict] = {}
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
         self.batches: list[list[int]] = []
 
     async def latest(self) -> QuestionDict | None:
-        return list(self.rows.values())[-1] if self.rows else None
+        return await asyncio.get_running_loop().run_in_executor(None, latest_question)
 
     async def insert(self, batch: list[Clue]) -> tuple[int, QuestionDict | None]:
-        before = await self.latest()
         self.batches.append([clue.jservice_id for clue in batch])
-        new = [clue for clue in batch if clue.jservice_id not in self.rows]
-        for clue in new:
-            self.rows[clue.jservice_id] = {"id": clue.jservice_id, "question": clue.question}
-        return len(new), before
+        [stored] = await asyncio.get_running_loop().run_in_executor(None, insert_new_questions, [batch])
+        return stored
 
     def store(self) -> QuestionStore:
         return QuestionStore(self.latest, self.insert)
+
+    def add(self, *numbers: int) -> None:
+        """Store these upstream ids before the test begins."""
+        insert_new_questions([[clue(number) for number in numbers]])
+
+    def count(self) -> int:
+        return int(sql(self.database_url, "SELECT count(*) FROM questions")[0][0])
+
+
+@pytest.fixture
+def questions(db: str) -> Questions:
+    """An empty questions table."""
+    return Questions(db)
 
 
 BUDGET = Budget(max_calls=5, seconds=10.0, call_timeout=2.0)
@@ -376,56 +389,54 @@ def gaps(standin) -> list[float]:
 
 
 @pytest.mark.gen_test
-async def test_nothing_asked_returns_the_latest_without_calling_upstream(http, standin):
-    questions = Questions()
-    questions.rows[9] = {"id": 9}
-    assert await collect(http, standin, 0, questions) == {"id": 9}
+async def test_nothing_asked_returns_the_latest_without_calling_upstream(http, standin, questions):
+    questions.add(9)
+    previous = await collect(http, standin, 0, questions)
+    assert previous is not None and (previous["id"], previous["question"]) == (9, "q9")
     assert standin.behaviour.requested_counts == []
 
 
 @pytest.mark.gen_test
-async def test_new_questions_are_stored_in_batches_of_at_most_100(http, standin):
+async def test_new_questions_are_stored_in_batches_of_at_most_100(http, standin, questions):
     standin.behaviour.pool_size = 2_000_000_000  # no id drawn twice across calls (ids stay 32-bit)
-    questions = Questions()
-    questions.rows[9] = {"id": 0, "question": "older"}
-    assert await collect(http, standin, 150, questions) == {"id": 0, "question": "older"}
+    questions.add(0)  # an id the stand-in never draws
+    previous = await collect(http, standin, 150, questions)
+    assert previous is not None and (previous["id"], previous["question"]) == (0, "q0")
     assert standin.behaviour.requested_counts == [100, 50]
-    assert len(questions.rows) == 151
+    assert questions.count() == 151
 
 
 @pytest.mark.gen_test
-async def test_repeats_are_asked_again_until_enough_are_new(http, standin):
+async def test_repeats_are_asked_again_until_enough_are_new(http, standin, questions):
     standin.behaviour.pool_size = 2_000_000_000  # no id drawn twice across calls (ids stay 32-bit)
     standin.behaviour.repeat_in_batch = True  # each batch holds half as many distinct clues as asked
-    questions = Questions()
     assert await collect(http, standin, 8, questions) is None
     assert standin.behaviour.requested_counts == [8, 4, 2, 1]
     assert [len(batch) for batch in questions.batches] == [4, 2, 1, 1]
 
 
 @pytest.mark.gen_test
-async def test_transient_failures_are_retried_after_a_backoff(http, standin):
+async def test_transient_failures_are_retried_after_a_backoff(http, standin, questions):
     standin.behaviour.fail_times = 2  # 503 twice
-    questions = Questions()
     await collect(http, standin, 3, questions)
     assert standin.behaviour.requested_counts == [3, 3, 3]
-    assert len(questions.rows) == 3
+    assert questions.count() == 3
 
 
 @pytest.mark.gen_test
-async def test_retry_after_sets_the_delay(http, standin):
+async def test_retry_after_sets_the_delay(http, standin, questions):
     standin.behaviour.fail_times, standin.behaviour.fail_status = 1, 429
     standin.behaviour.retry_after = "0.3"
-    await collect(http, standin, 1, Questions())
+    await collect(http, standin, 1, questions)
     assert len(standin.behaviour.requested_counts) == 2
     assert gaps(standin)[0] >= 0.3
 
 
 @pytest.mark.gen_test(timeout=10)
-async def test_a_retry_after_past_the_budget_ends_the_request_at_once(http, standin):
+async def test_a_retry_after_past_the_budget_ends_the_request_at_once(http, standin, questions):
     standin.behaviour.fail_times, standin.behaviour.fail_status = 10, 429
     standin.behaviour.retry_after = "3600"  # waited for, the test would time out
-    error = await shortfall(http, standin, 2, Questions())
+    error = await shortfall(http, standin, 2, questions)
     assert (error.reason, error.detail, error.saved, error.requested) == (
         "bad_gateway",
         "the upstream answered HTTP 429",
@@ -436,9 +447,9 @@ async def test_a_retry_after_past_the_budget_ends_the_request_at_once(http, stan
 
 
 @pytest.mark.gen_test
-async def test_a_refusal_is_not_retried(http, standin):
+async def test_a_refusal_is_not_retried(http, standin, questions):
     standin.behaviour.fail_times, standin.behaviour.fail_status = 10, 404
-    error = await shortfall(http, standin, 2, Questions())
+    error = await shortfall(http, standin, 2, questions)
     assert (error.reason, error.detail, error.saved, error.requested) == (
         "bad_gateway",
         "the upstream answered HTTP 404",
@@ -450,38 +461,35 @@ async def test_a_refusal_is_not_retried(http, standin):
 
 
 @pytest.mark.gen_test
-async def test_failures_use_up_the_calls_allowed(http, standin):
+async def test_failures_use_up_the_calls_allowed(http, standin, questions):
     standin.behaviour.fail_times = 100
-    error = await shortfall(
-        http, standin, 2, Questions(), Budget(max_calls=3, seconds=10.0, call_timeout=2.0)
-    )
+    error = await shortfall(http, standin, 2, questions, Budget(max_calls=3, seconds=10.0, call_timeout=2.0))
     assert (error.reason, error.detail, error.saved) == ("bad_gateway", "the upstream answered HTTP 503", 0)
     assert standin.behaviour.requested_counts == [2, 2, 2]
 
 
 @pytest.mark.gen_test
-async def test_timeouts_are_retried_within_the_time_budget(http, standin):
+async def test_timeouts_are_retried_within_the_time_budget(http, standin, questions):
     standin.behaviour.hang = True
     budget = Budget(max_calls=50, seconds=2.0, call_timeout=0.3)
-    error = await shortfall(http, standin, 1, Questions(), budget)
+    error = await shortfall(http, standin, 1, questions, budget)
     assert error.reason == "timeout" and error.detail.startswith("the upstream did not answer in time: ")
     assert 2 <= len(standin.behaviour.requested_counts) <= 8
 
 
 @pytest.mark.gen_test
-async def test_an_unreachable_upstream_is_retried_until_the_calls_run_out(http, standin):
+async def test_an_unreachable_upstream_is_retried_until_the_calls_run_out(http, standin, questions):
     standin.behaviour.fail_times = 0
     client = JServiceClient(http, f"http://127.0.0.1:{closed_port()}")
     with pytest.raises(QuestionsShortfall) as fell_short:
-        await store_new_questions(1, client, Questions().store(), Budget(3, 10.0, 1.0))
+        await store_new_questions(1, client, questions.store(), Budget(3, 10.0, 1.0))
     assert fell_short.value.reason == "bad_gateway"
     assert fell_short.value.detail.startswith("cannot reach the upstream: ")
 
 
 @pytest.mark.gen_test
-async def test_only_known_questions_end_with_no_new_questions(http, standin):
+async def test_only_known_questions_end_with_no_new_questions(http, standin, questions):
     standin.behaviour.pool_size = 3
-    questions = Questions()
     error = await shortfall(http, standin, 5, questions, Budget(max_calls=4, seconds=10.0, call_timeout=2.0))
     assert (error.reason, error.saved, error.requested) == ("no_new_questions", 3, 5)
     assert error.detail == "the upstream returned only questions that are already stored"
@@ -489,21 +497,17 @@ async def test_only_known_questions_end_with_no_new_questions(http, standin):
 
 
 @pytest.mark.gen_test
-async def test_only_unusable_questions_end_with_a_bad_gateway(http, standin):
+async def test_only_unusable_questions_end_with_a_bad_gateway(http, standin, questions):
     standin.behaviour.pool_size = 2
     standin.behaviour.blank_ids = frozenset({1, 2})
-    error = await shortfall(
-        http, standin, 2, Questions(), Budget(max_calls=2, seconds=10.0, call_timeout=2.0)
-    )
+    error = await shortfall(http, standin, 2, questions, Budget(max_calls=2, seconds=10.0, call_timeout=2.0))
     assert (error.reason, error.saved) == ("bad_gateway", 0)
     assert error.detail == (
         "the upstream returned only unusable questions (2 without a positive integer id, a question and"
         " an answer in storable text)"
     )
     standin.behaviour.garbage = "[]"
-    error = await shortfall(
-        http, standin, 2, Questions(), Budget(max_calls=2, seconds=10.0, call_timeout=2.0)
-    )
+    error = await shortfall(http, standin, 2, questions, Budget(max_calls=2, seconds=10.0, call_timeout=2.0))
     assert error.detail == "the upstream returned no questions"
 
 
@@ -535,10 +539,8 @@ async def test_the_base_urls_path_is_kept(http, standin):
 
 
 @pytest.mark.gen_test
-async def test_no_call_allowed_is_a_shortfall_of_no_new_questions(http, standin):
-    error = await shortfall(
-        http, standin, 2, Questions(), Budget(max_calls=0, seconds=10.0, call_timeout=2.0)
-    )
+async def test_no_call_allowed_is_a_shortfall_of_no_new_questions(http, standin, questions):
+    error = await shortfall(http, standin, 2, questions, Budget(max_calls=0, seconds=10.0, call_timeout=2.0))
     assert (error.reason, error.detail, error.saved, error.requested) == (
         "no_new_questions",
         "the upstream returned only questions that are already stored",
@@ -548,18 +550,11 @@ async def test_no_call_allowed_is_a_shortfall_of_no_new_questions(http, standin)
     assert standin.behaviour.requested_counts == []
 
 
-def known(count: int) -> Questions:
-    """A store that already holds the stand-in's first `count` ids."""
-    questions = Questions()
-    for number in range(1, count + 1):
-        questions.rows[number] = {"id": number}
-    return questions
-
-
 @pytest.mark.gen_test
-async def test_known_questions_after_a_failure_are_the_reason_given(http, standin):
+async def test_known_questions_after_a_failure_are_the_reason_given(http, standin, questions):
     standin.behaviour.pool_size, standin.behaviour.fail_times = 3, 1
-    error = await shortfall(http, standin, 2, known(3), Budget(max_calls=3, seconds=10.0, call_timeout=2.0))
+    questions.add(1, 2, 3)
+    error = await shortfall(http, standin, 2, questions, Budget(max_calls=3, seconds=10.0, call_timeout=2.0))
     assert (error.reason, error.detail) == (
         "no_new_questions",
         "the upstream returned only questions that are already stored",
@@ -568,10 +563,11 @@ async def test_known_questions_after_a_failure_are_the_reason_given(http, standi
 
 
 @pytest.mark.gen_test(timeout=10)
-async def test_slow_answers_stop_at_the_time_budget(http, standin):
+async def test_slow_answers_stop_at_the_time_budget(http, standin, questions):
     standin.behaviour.pool_size, standin.behaviour.latency = 3, 0.4
     budget = Budget(max_calls=50, seconds=1.0, call_timeout=2.0)
-    error = await shortfall(http, standin, 2, known(3), budget)
+    questions.add(1, 2, 3)
+    error = await shortfall(http, standin, 2, questions, budget)
     # Usually the third call is cut at the deadline (a timeout); on a slow machine the budget may
     # be spent before it starts.
     assert error.reason in ("timeout", "no_new_questions")
@@ -579,11 +575,11 @@ async def test_slow_answers_stop_at_the_time_budget(http, standin):
 
 
 @pytest.mark.gen_test
-async def test_each_consecutive_failure_waits_longer(http, standin):
+async def test_each_consecutive_failure_waits_longer(http, standin, questions):
     random.seed(5)  # the jitter drawn again below: 0.62, 0.74, 0.80, 0.94 of each cap
     least = [backoff_delay(failures) for failures in range(4)]
     random.seed(5)
     standin.behaviour.fail_times = 4
-    await collect(http, standin, 1, Questions())
+    await collect(http, standin, 1, questions)
     assert len(standin.behaviour.requested_counts) == 5
     assert all(gap >= delay for gap, delay in zip(gaps(standin), least, strict=True))
