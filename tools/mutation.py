@@ -86,7 +86,7 @@ def quiet_resource_warnings(unraisable: sys.UnraisableHookArgs) -> None:
 @contextlib.contextmanager
 def test_database_server() -> Iterator[None]:
     """TEST_DATABASE_URL for the tests of every mutant: one embedded cluster for the whole run when
-    none is set, so each mutant's test session creates a database on it instead of a cluster."""
+    none is set, so each mutant's pytest run creates a database on it instead of a cluster."""
     if os.environ.get("TEST_DATABASE_URL"):
         yield
         return
