@@ -313,19 +313,6 @@ def test_store_answers_become_the_store_errors(code, status, error):
 # Settings and credentials
 
 
-def test_settings_choose_the_store():
-    assert load_settings({}).media_store == "local"
-    settings = load_settings(
-        {"MEDIA_STORE": "s3", "S3_BUCKET": "media", "S3_ENDPOINT_URL": "http://seaweedfs:8333/"}
-    )
-    assert (settings.media_store, settings.s3_bucket, settings.s3_endpoint_url) == (
-        "s3",
-        "media",
-        "http://seaweedfs:8333",
-    )
-    assert settings.s3_region is None
-
-
 @pytest.mark.parametrize(
     ("environ", "named"),
     [

@@ -183,15 +183,24 @@ def test_other_bucket_names_are_refused(bucket):
     )
 
 
-def test_the_other_text_settings_are_read():
+def test_the_store_and_the_other_text_settings_are_read():
+    assert (load_settings({}).media_store, load_settings({}).s3_region) == ("local", None)
     settings = load_settings(
-        {"FFMPEG_BINARY": "/usr/bin/ffmpeg", "S3_REGION": "eu-west-1", "S3_ENDPOINT_URL": "http://s3:8333/"}
+        {
+            "MEDIA_STORE": "s3",
+            "S3_BUCKET": "media",
+            "FFMPEG_BINARY": "/usr/bin/ffmpeg",
+            "S3_REGION": "eu-west-1",
+            "S3_ENDPOINT_URL": "http://s3:8333/",
+        }
     )
-    assert (settings.ffmpeg_binary, settings.s3_region, settings.s3_endpoint_url) == (
-        "/usr/bin/ffmpeg",
-        "eu-west-1",
-        "http://s3:8333",
-    )
+    assert (
+        settings.media_store,
+        settings.s3_bucket,
+        settings.ffmpeg_binary,
+        settings.s3_region,
+        settings.s3_endpoint_url,
+    ) == ("s3", "media", "/usr/bin/ffmpeg", "eu-west-1", "http://s3:8333")
 
 
 def test_a_url_keeps_its_path():
