@@ -34,6 +34,7 @@ from bench.service import (
     tree_cpu_seconds,
 )
 from bench.traffic import create_user
+from tests.nginx import find_nginx
 
 
 def machine() -> str:
@@ -123,7 +124,7 @@ async def run_all(bench: Bench, names: list[str]) -> dict[str, list[Metrics]]:
 
 def benchmark(profile: Profile, quick: bool, names: list[str], workdir: Path, instances: int | None) -> int:
     """Start the service, run the scenarios, print the results; always stop what was started."""
-    wrk, nginx = shutil.which("wrk"), shutil.which("nginx")
+    wrk, nginx = shutil.which("wrk"), find_nginx()
     print(machine())
     print(
         f"mode: {'quick' if quick else 'full'}, {profile.reps} rep(s) per scenario; loads of"

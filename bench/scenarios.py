@@ -75,6 +75,16 @@ class Bench:
         """The process id of one of the run's processes."""
         return self.service.processes.running[name].pid
 
+    def server_cpu_seconds(self) -> float:
+        """CPU seconds of every server instance's process tree (ffmpeg included)."""
+        return sum(map(tree_cpu_seconds, self.service.instance_pids))
+
+    def server_memory(self) -> tuple[int, int, int]:
+        """RSS and PSS summed over every server instance's process tree, and its process count."""
+        trees = [tree_memory(pid) for pid in self.service.instance_pids]
+        rss, pss, count = (sum(column) for column in zip(*trees, strict=True))
+        return rss, pss, count
+
     async def load(self, url: str, connections: int, body: bytes = b"") -> LoadResult:
         """wrk at `connections` for the profile's load time."""
         if self.wrk is None:
@@ -169,13 +179,13 @@ async def convert_one(bench: Bench) -> Metrics:
     bench.www.mkdir(exist_ok=True)
     raw_before, raw_cpu_before = await timed_raw_convert(bench, wav)
     probe = HealthProbe(bench.service.url)
-    cpu_before = tree_cpu_seconds(bench.service.pid)
+    cpu_before = bench.server_cpu_seconds()
     async with probe.running():
         sent = await upload(bench.service.url, bench.user, wav)
         url = str(created(sent)["url"])
         size = await download_to(url, bench.www / "record.mp3")
         service = time.perf_counter() - sent.started
-    service_cpu = tree_cpu_seconds(bench.service.pid) - cpu_before
+    service_cpu = bench.server_cpu_seconds() - cpu_before
     bench.record_url = url
     raw_after, raw_cpu_after = await timed_raw_convert(bench, wav)
     raw, raw_cpu = (raw_before + raw_after) / 2, (raw_cpu_before + raw_cpu_after) / 2
@@ -226,10 +236,10 @@ async def convert_parallel(bench: Bench) -> Metrics:
     wav = bench.wavs[bench.profile.parallel_seconds]
     raw_before, raw_cpu_before = await raw_parallel(bench, wav, as_batch_work=False)
     probe = HealthProbe(bench.service.url)
-    cpu_before = tree_cpu_seconds(bench.service.pid)
+    cpu_before = bench.server_cpu_seconds()
     async with probe.running():
         service = await concurrent_uploads(bench, wav, PARALLEL_UPLOADS)
-    service_cpu = tree_cpu_seconds(bench.service.pid) - cpu_before
+    service_cpu = bench.server_cpu_seconds() - cpu_before
     raw_after, raw_cpu_after = await raw_parallel(bench, wav, as_batch_work=False)
     raw_batch, _ = await raw_parallel(bench, wav, as_batch_work=True)
     raw, raw_cpu = (raw_before + raw_after) / 2, (raw_cpu_before + raw_cpu_after) / 2
@@ -249,13 +259,13 @@ async def convert_parallel(bench: Bench) -> Metrics:
 
 
 async def memory(bench: Bench) -> Metrics:
-    """4 concurrent long uploads; the server tree's memory sampled every 50 ms."""
+    """4 concurrent long uploads; the server trees' memory sampled every 50 ms."""
     wav = bench.wavs[bench.profile.memory_seconds]
-    idle_rss, idle_pss, _ = tree_memory(bench.service.pid)
+    idle_rss, idle_pss, _ = bench.server_memory()
     peak_rss = peak_pss = most = samples = 0
     uploads = asyncio.ensure_future(concurrent_uploads(bench, wav, MEMORY_UPLOADS))
     while samples == 0 or not uploads.done():
-        rss, pss, count = tree_memory(bench.service.pid)
+        rss, pss, count = bench.server_memory()
         peak_rss, peak_pss, most, samples = (
             max(peak_rss, rss),
             max(peak_pss, pss),

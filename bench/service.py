@@ -29,6 +29,7 @@ import psycopg2
 from converters.ffmpeg import find_ffmpeg
 from converters.scheduling import schedule_as_batch_work
 from embedded_db import start_embedded_postgres
+from tests.nginx import find_nginx, nginx_command, write_config  # the tests' runnable nginx wrapper
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -299,15 +300,13 @@ def start_nginx(processes: Processes, nginx: str, root: Path, probe: str) -> int
     user = "user root;" if os.geteuid() == 0 else ""
     conf = prefix / "nginx.conf"
     conf.write_text(NGINX_CONF.format(prefix=prefix, user=user, host=HOST, port=port, root=root))
-    processes.start("nginx", [nginx, "-p", f"{prefix}/", "-e", f"{prefix}/error.log", "-c", str(conf)], {})
+    processes.start("nginx", nginx_command(nginx, conf), {})
     processes.wait_http("nginx", port, probe, seconds=15)
     return port
 
 
 def start_proxy(processes: Processes, ports: list[int]) -> int:
     """nginx with the shipped site file, round-robin over the instances on `ports`; returns its port."""
-    from tests.nginx import find_nginx, nginx_command, write_config  # the tests' runnable wrapper
-
     nginx = find_nginx()
     if nginx is None:
         raise RuntimeError("--instances needs nginx (apt-get install nginx-light)")

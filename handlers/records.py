@@ -77,8 +77,9 @@ def new_key(record_id: uuid.UUID) -> str:
     return f"{record_id.hex[:2]}/{record_id}.mp3"
 
 
-def audio_missing() -> ApiError:
-    """The 404 for a row whose MP3 the store does not hold (the log says which)."""
+def audio_missing(key: str) -> ApiError:
+    """The 404 for a row whose MP3 the store does not hold; the log says which."""
+    log.error("a record's MP3 %s is missing from the store", key)
     return ApiError(404, "this record's audio file is missing")
 
 
@@ -226,8 +227,7 @@ class RecordHandler(BaseHandler):
         except OSError as error:
             raise store_unreadable(error) from None
         if size is None:
-            log.error("record %s: its MP3 %s is missing from the store", record["id"], record["path"])
-            raise audio_missing()
+            raise audio_missing(record["path"])
         return size
 
     def _set_file_headers(self, record: dict[str, Any]) -> None:
@@ -288,7 +288,7 @@ class RecordHandler(BaseHandler):
             if sent:
                 raise  # the status has left: the connection is cut short instead
             if isinstance(error, FileNotFoundError):
-                raise audio_missing() from None
+                raise audio_missing(key) from None
             raise store_unreadable(error) from None
         finally:
             await self.in_io(pieces.close)

@@ -25,7 +25,6 @@ import _pytest.nodes
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG = ROOT / "mutants" / "mutmut.log"
-KILLED = {1, 3, 24, 36, 152, 255, -24}  # mutmut's exit codes for "killed" and "timeout"
 
 
 def modules() -> list[str]:
@@ -67,7 +66,11 @@ def counts(module: str) -> tuple[int, int, list[str]]:
     if not meta.exists():  # no function in it was mutated
         return 0, 0, []
     codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
-    alive = sorted(name for name, code in codes.items() if code not in KILLED)
+    from mutmut.stats import status_by_exit_code
+
+    alive = sorted(
+        name for name, code in codes.items() if status_by_exit_code[code] not in {"killed", "timeout"}
+    )
     return len(codes) - len(alive), len(codes), alive
 
 

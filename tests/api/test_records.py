@@ -455,8 +455,8 @@ async def test_undecodable_query_values_are_422(base_url, db):
     assert_problem(reply, 422)
 
 
-def ffmpegs(app) -> set[int]:
-    """The ffmpeg processes the app (running in this process) has running now, as the OS sees them."""
+def ffmpegs() -> set[int]:
+    """The ffmpeg processes this process (the app runs in it) has running now, as the OS sees them."""
     running = set()
     for child in psutil.Process().children(recursive=True):
         try:
@@ -467,8 +467,8 @@ def ffmpegs(app) -> set[int]:
     return running
 
 
-def ffmpeg_running(app) -> bool:
-    return bool(ffmpegs(app))
+def ffmpeg_running() -> bool:
+    return bool(ffmpegs())
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -476,9 +476,9 @@ def ffmpeg_running(app) -> bool:
 async def test_a_client_that_leaves_during_conversion_stops_it(base_url, db, user, app, caplog):
     form = upload_form({"id": user[0], "token": user[1]}, silent_wav(480.0, 44100, 2))
     _, client = await send_partial(port_of(base_url), upload_head(form), form[0])
-    await poll(lambda: ffmpeg_running(app))
+    await poll(lambda: ffmpeg_running())
     client.close()  # the client gives up while ffmpeg is at work: nobody will get the link
-    await poll(lambda: app.settings["conversions"].reserved == 0 and not ffmpeg_running(app))
+    await poll(lambda: app.settings["conversions"].reserved == 0 and not ffmpeg_running())
     # Stopped, not converted to the end and thrown away; the answer is logged a moment later.
     await poll(lambda: "POST /records 503" in caplog.text)
     assert record_count(db) == 0
@@ -494,7 +494,7 @@ async def test_conversion_follows_the_upload_while_it_arrives(base_url, db, user
     async def produce(write):
         await write(body[:first])
         # Authenticated from the fields that came first, ffmpeg is at work before the rest is sent.
-        await poll(lambda: ffmpeg_running(app))
+        await poll(lambda: ffmpeg_running())
         await write(body[first:])
 
     reply = await post_streaming(f"{base_url}/records", content_type, produce)
@@ -521,9 +521,9 @@ async def test_wrong_credentials_before_the_file_are_refused_before_the_body_end
 async def test_a_client_that_leaves_mid_upload_stops_its_conversion(base_url, db, user, app):
     form = upload_form({"id": user[0], "token": user[1]}, make_wav(30.0))
     _, client = await send_partial(port_of(base_url), upload_head(form), form[0][: len(form[0]) // 2])
-    await poll(lambda: ffmpeg_running(app))
+    await poll(lambda: ffmpeg_running())
     client.close()
-    await poll(lambda: app.settings["conversions"].reserved == 0 and not ffmpeg_running(app))
+    await poll(lambda: app.settings["conversions"].reserved == 0 and not ffmpeg_running())
     assert leftovers(app) == []
     assert record_count(db) == 0
 
@@ -593,7 +593,7 @@ async def test_a_conversion_waiting_for_a_slow_upload_gives_way(
 async def test_a_queued_conversion_whose_client_leaves_is_dropped(base_url, db, user, app, settings):
     long = asyncio.ensure_future(upload(base_url, user[0], user[1], silent_wav(480.0, 44100, 2)))
     try:
-        (long_ffmpeg,) = await poll(lambda: ffmpegs(app))
+        (long_ffmpeg,) = await poll(lambda: ffmpegs())
         # Every thread is busy: this upload is read whole, then queued; its client leaves meanwhile,
         # at whichever step the server has reached (reading the body, checking the token, queued).
         form = upload_form({"id": user[0], "token": user[1]}, make_wav(0.5))
@@ -605,7 +605,7 @@ async def test_a_queued_conversion_whose_client_leaves_is_dropped(base_url, db, 
             lambda: len([path for path in scratch_files(settings.scratch_root) if path.suffix == ".wav"]) == 1
         )
         await poll(lambda: app.settings["conversions"].reserved == 1)
-        assert ffmpegs(app) == {long_ffmpeg}  # the long conversion still runs, never this one
+        assert ffmpegs() == {long_ffmpeg}  # the long conversion still runs, never this one
     finally:
         assert (await long).status == 201
     assert record_count(db) == 1
@@ -618,11 +618,11 @@ async def test_a_queued_conversion_whose_client_leaves_is_dropped(base_url, db, 
 async def test_a_broken_upload_arriving_while_threads_are_busy_is_refused_at_once(base_url, db, user, app):
     long = asyncio.ensure_future(upload(base_url, user[0], user[1], silent_wav(480.0, 44100, 2)))
     try:
-        await poll(lambda: ffmpeg_running(app))
+        await poll(lambda: ffmpeg_running())
         body, content_type = upload_form({"id": user[0], "token": user[1]}, make_wav(0.5))
         broken = body.removesuffix(b"--\r\n")  # no closing boundary
         reply = await call(base_url, "POST", "/records", raw=broken, headers={"Content-Type": content_type})
         assert_problem(reply, 400)
-        assert ffmpeg_running(app)  # answered without waiting for the only thread
+        assert ffmpeg_running()  # answered without waiting for the only thread
     finally:
         assert (await long).status == 201

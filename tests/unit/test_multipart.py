@@ -94,10 +94,19 @@ def test_sixteen_parts_are_read_and_a_seventeenth_refused(tmp_path):
 
 
 def test_a_part_header_line_over_the_parsers_limit_is_refused(tmp_path):
-    # python-multipart refuses a header line over 4224 bytes before MAX_HEADER_BYTES could.
+    # python-multipart's default: 4,224 bytes a line.
     assert parse(tmp_path, body(part("user", b"1", headers="X-Pad: " + "p" * 4000 + "\r\n"))).fields
     assert refusal(tmp_path, body(part("user", b"1", headers="X-Pad: " + "p" * 5000 + "\r\n"))) == (
         "malformed multipart body: Maximum header size exceeded"
+    )
+
+
+def test_a_part_has_at_most_eight_header_lines(tmp_path):
+    # python-multipart's default; Content-Disposition is the first of them.
+    extra = "".join(f"X-Line-{number}: x\r\n" for number in range(7))
+    assert parse(tmp_path, body(part("user", b"1", headers=extra))).fields == {"user": "1"}
+    assert refusal(tmp_path, body(part("user", b"1", headers=extra + "X-Ninth: x\r\n"))) == (
+        "malformed multipart body: Maximum header count exceeded"
     )
 
 

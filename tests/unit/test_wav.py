@@ -175,6 +175,11 @@ def test_extensible_headers_are_read_by_their_sub_format(tmp_path, cb_size):
     assert info(tmp_path, data) == WavInfo(1, 2, 48000, 16, 4, 400)
 
 
+def test_bytes_after_an_extensible_header_are_skipped(tmp_path):
+    data = riff(chunk(b"fmt ", extensible() + bytes(8)), chunk(b"data", bytes(400)))
+    assert info(tmp_path, data) == WavInfo(1, 2, 48000, 16, 4, 400)
+
+
 @pytest.mark.parametrize("size", [16, 18, 24, 25, 26, 39])
 def test_a_short_extensible_header_is_truncated(tmp_path, size):
     data = riff(chunk(b"fmt ", extensible(size=size)), chunk(b"data", bytes(400)))
